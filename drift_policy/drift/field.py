@@ -1,0 +1,169 @@
+"""The drifting field V and the drift loss of "Generative Modeling via Drifting" (arXiv 2602.04770).
+
+Pure tensor math, no I/O. Everything works on a batch of independent GROUPS (one group = one
+condition: an observation for a policy, a class for ImageNet):
+
+    gen [G, N, D]  generated samples, which are also the negatives
+    pos [G, P, D]  positives (data samples of the same condition)
+    neg [G, M, D]  optional extra negatives with weights [G, M] (classifier-free guidance)
+
+V(x) = V+(x) - V-(x) attracts every generated x toward the positives and repels it from the other
+generated samples. The loss mean((x - stopgrad(x + V))^2) has value |V|^2 and gradient -V on x.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+KernelNorm = Literal["both", "targets", "none"]
+StatsOver = Literal["group", "batch"]
+
+# Constant added to the normalised gen-gen self distance so a sample does not repel itself.
+SELF_MASK_DISTANCE = 100.0
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Every knob the paper ablates, so its ablations can be re-run from a config."""
+
+    temperatures: Sequence[float] = (0.02, 0.05, 0.2)
+    # "both": sqrt(softmax over targets * softmax over generated samples) (the paper's default);
+    # "targets": softmax over targets only; "none": the raw kernel exp(-d / tau).
+    kernel_norm: KernelNorm = "both"
+    # Divide each temperature's force by its RMS before summing (the paper's default).
+    normalize_drift: bool = True
+    attraction: float = 1.0  # weight of V+ (1.5 is the paper's "1.5 V+ - V-" ablation)
+    repulsion: float = 1.0  # weight of V-
+    # Where the distance scale s and the force RMS are computed: per group (groups are fully
+    # independent) or over the whole batch of groups (the official ImageNet code's choice).
+    stats_over: StatsOver = "group"
+
+    def __post_init__(self) -> None:
+        if len(self.temperatures) == 0 or min(self.temperatures) <= 0:
+            raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {self.temperatures}")
+        if self.kernel_norm not in ("both", "targets", "none"):
+            raise ValueError(f"kernel_norm must be 'both', 'targets' or 'none', got {self.kernel_norm!r}")
+        if self.stats_over not in ("group", "batch"):
+            raise ValueError(f"stats_over must be 'group' or 'batch', got {self.stats_over!r}")
+
+
+@dataclass
+class DriftOutput:
+    """The loss and what to watch while training (the loss itself stays near len(temperatures))."""
+
+    loss: Tensor  # [] mean over groups; differentiable w.r.t. gen only
+    loss_per_group: Tensor  # [G]
+    drift: Tensor  # [G, N, D] V, in the scaled units the loss uses (detached)
+    raw_drift: Tensor  # [n_tau] RMS of the un-normalised force per temperature, mean over groups
+    scale: Tensor  # [G] distance scale s of each group (equal entries when stats_over="batch")
+    info: dict = field(default_factory=dict)
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """fp32 at least (half-precision distances are wrong), fp64 when the inputs are fp64."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def pairwise_l2(x: Tensor, y: Tensor) -> Tensor:
+    """Plain (not squared) L2 distances [G, N, M] between x [G, N, D] and y [G, M, D], fp32 or wider."""
+    dtype = _compute_dtype(x)
+    x, y = x.to(dtype), y.to(dtype)
+    sq = (x * x).sum(-1, keepdim=True) + (y * y).sum(-1).unsqueeze(-2)  # [G, N, M]
+    sq = torch.baddbmm(sq, x, y.transpose(1, 2), alpha=-2.0)
+    return sq.clamp_min(1e-8).sqrt()
+
+
+def _mean_over(t: Tensor, stats_over: StatsOver) -> Tensor:
+    """Mean over all but the group dim ([G]), or over everything broadcast back to [G]."""
+    per_group = t.flatten(1).mean(1)
+    return per_group.mean().expand_as(per_group) if stats_over == "batch" else per_group
+
+
+@torch.no_grad()
+def compute_drift(
+    gen: Tensor,
+    pos: Tensor,
+    neg: Optional[Tensor] = None,
+    neg_weight: Optional[Tensor] = None,
+    config: DriftConfig = DriftConfig(),
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """V for gen [G, N, D] given pos [G, P, D] and weighted extra negatives neg [G, M, D].
+
+    Returns (V [G, N, D] in scaled units, input scale [G] that gen is divided by,
+    raw force RMS [n_tau, G], distance scale s [G]).
+    """
+    if gen.dim() != 3 or pos.dim() != 3 or pos.shape[0] != gen.shape[0] or pos.shape[2] != gen.shape[2]:
+        raise ValueError(f"expected gen [G, N, D] and pos [G, P, D], got {tuple(gen.shape)} and {tuple(pos.shape)}")
+    g, n, d = gen.shape
+    dtype = _compute_dtype(gen)
+    x = gen.detach().to(dtype)
+    if neg is None:
+        neg = x.new_zeros(g, 0, d)
+    if neg.dim() != 3 or neg.shape[0] != g or neg.shape[2] != d:
+        raise ValueError(f"expected neg [G, M, D] = [{g}, M, {d}], got {tuple(neg.shape)}")
+    m, p = neg.shape[1], pos.shape[1]
+    if neg_weight is None:
+        neg_weight = x.new_ones(g, m)
+    neg_weight = torch.as_tensor(neg_weight, dtype=dtype, device=x.device).expand(g, m)
+
+    targets = torch.cat([x, neg.to(dtype), pos.to(dtype)], dim=1)  # [G, T=N+M+P, D]
+    weights = torch.cat([x.new_ones(g, n), neg_weight, x.new_ones(g, p)], dim=1)  # [G, T]
+
+    # Global distance scale over every gen->target pair, gen-gen and the ~0 diagonal included.
+    dist = pairwise_l2(x, targets)  # [G, N, T]
+    s = _mean_over(dist * weights[:, None, :], config.stats_over) / _mean_over(weights, config.stats_over)  # [G]
+    input_scale = (s / d**0.5).clamp_min(1e-3)  # mean distance of scaled inputs becomes sqrt(D)
+    dist = dist / s.clamp_min(1e-3)[:, None, None]  # normalised mean distance 1
+    dist[:, :, :n] += SELF_MASK_DISTANCE * torch.eye(n, dtype=dtype, device=x.device)  # gen-gen diagonal only
+
+    taus = torch.tensor(list(config.temperatures), dtype=dtype, device=x.device)
+    logits = -dist.unsqueeze(0) / taus[:, None, None, None]  # [n_tau, G, N, T]
+    if config.kernel_norm == "both":
+        affinity = (logits.softmax(-1) * logits.softmax(-2)).clamp_min(1e-6).sqrt()
+    elif config.kernel_norm == "targets":
+        affinity = logits.softmax(-1)
+    else:
+        affinity = logits.exp()
+    affinity = affinity * weights[None, :, None, :]
+    a_neg, a_pos = affinity[..., : n + m], affinity[..., n + m :]  # [n_tau, G, N, N+M], [.., P]
+    coef = torch.cat(
+        [
+            -config.repulsion * a_neg * a_pos.sum(-1, keepdim=True),
+            config.attraction * a_pos * a_neg.sum(-1, keepdim=True),
+        ],
+        dim=-1,
+    )  # [n_tau, G, N, T]
+
+    x_scaled = x / input_scale[:, None, None]
+    targets_scaled = targets / input_scale[:, None, None]
+    # force = sum_j coef_ij (y_j - x_i): attraction to positives minus repulsion from negatives.
+    force = torch.einsum("kgnt,gtd->kgnd", coef, targets_scaled) - coef.sum(-1, keepdim=True) * x_scaled
+    raw = torch.stack([_mean_over(f.pow(2), config.stats_over) for f in force]).clamp_min(1e-8).sqrt()  # [n_tau, G]
+    if config.normalize_drift:
+        force = force / raw[:, :, None, None]
+    return force.sum(0), input_scale, raw, s
+
+
+def drift_loss(
+    gen: Tensor,
+    pos: Tensor,
+    neg: Optional[Tensor] = None,
+    neg_weight: Optional[Tensor] = None,
+    config: DriftConfig = DriftConfig(),
+) -> DriftOutput:
+    """mean((x - stopgrad(x + V))^2) in scaled units, per group then averaged; grads reach gen only."""
+    v, input_scale, raw, s = compute_drift(gen, pos, neg, neg_weight, config)
+    x_scaled = gen.to(v.dtype) / input_scale[:, None, None]
+    goal = (x_scaled + v).detach()
+    loss_per_group = (x_scaled - goal).pow(2).flatten(1).mean(1)  # [G]
+    return DriftOutput(
+        loss=loss_per_group.mean(),
+        loss_per_group=loss_per_group,
+        drift=v,
+        raw_drift=raw.mean(1),
+        scale=s,
+        info={f"raw_drift_tau{t:g}": r for t, r in zip(config.temperatures, raw.mean(1))} | {"scale": s.mean()},
+    )
