@@ -83,41 +83,35 @@ def _mean_over(t: Tensor, stats_over: StatsOver) -> Tensor:
 
 
 @torch.no_grad()
-def compute_drift(
-    gen: Tensor,
+def drift_field(
+    x: Tensor,
     pos: Tensor,
-    neg: Optional[Tensor] = None,
+    neg: Tensor,
     neg_weight: Optional[Tensor] = None,
     config: DriftConfig = DriftConfig(),
+    self_negatives: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """V for gen [G, N, D] given pos [G, P, D] and weighted extra negatives neg [G, M, D].
+    """V at query points x [G, N, D]: attraction to pos [G, P, D], repulsion from neg [G, M, D].
 
-    Returns (V [G, N, D] in scaled units, input scale [G] that gen is divided by,
+    With self_negatives=True the first N negatives are x itself and the diagonal is masked.
+    Returns (V [G, N, D] in scaled units, input scale [G] that x is divided by,
     raw force RMS [n_tau, G], distance scale s [G]).
     """
-    if gen.dim() != 3 or pos.dim() != 3 or pos.shape[0] != gen.shape[0] or pos.shape[2] != gen.shape[2]:
-        raise ValueError(f"expected gen [G, N, D] and pos [G, P, D], got {tuple(gen.shape)} and {tuple(pos.shape)}")
-    g, n, d = gen.shape
-    dtype = _compute_dtype(gen)
-    x = gen.detach().to(dtype)
-    if neg is None:
-        neg = x.new_zeros(g, 0, d)
-    if neg.dim() != 3 or neg.shape[0] != g or neg.shape[2] != d:
-        raise ValueError(f"expected neg [G, M, D] = [{g}, M, {d}], got {tuple(neg.shape)}")
+    g, n, d = x.shape
     m, p = neg.shape[1], pos.shape[1]
-    if neg_weight is None:
-        neg_weight = x.new_ones(g, m)
-    neg_weight = torch.as_tensor(neg_weight, dtype=dtype, device=x.device).expand(g, m)
+    dtype = _compute_dtype(x)
+    x = x.detach().to(dtype)
+    neg_weight = x.new_ones(g, m) if neg_weight is None else neg_weight.to(x).expand(g, m)
+    targets = torch.cat([neg.detach().to(dtype), pos.detach().to(dtype)], dim=1)  # [G, T=M+P, D]
+    weights = torch.cat([neg_weight, x.new_ones(g, p)], dim=1)  # [G, T]
 
-    targets = torch.cat([x, neg.to(dtype), pos.to(dtype)], dim=1)  # [G, T=N+M+P, D]
-    weights = torch.cat([x.new_ones(g, n), neg_weight, x.new_ones(g, p)], dim=1)  # [G, T]
-
-    # Global distance scale over every gen->target pair, gen-gen and the ~0 diagonal included.
+    # Global distance scale over every x->target pair, self pairs (~0) included.
     dist = pairwise_l2(x, targets)  # [G, N, T]
     s = _mean_over(dist * weights[:, None, :], config.stats_over) / _mean_over(weights, config.stats_over)  # [G]
     input_scale = (s / d**0.5).clamp_min(1e-3)  # mean distance of scaled inputs becomes sqrt(D)
     dist = dist / s.clamp_min(1e-3)[:, None, None]  # normalised mean distance 1
-    dist[:, :, :n] += SELF_MASK_DISTANCE * torch.eye(n, dtype=dtype, device=x.device)  # gen-gen diagonal only
+    if self_negatives:
+        dist[:, :, :n] += SELF_MASK_DISTANCE * torch.eye(n, dtype=dtype, device=x.device)
 
     taus = torch.tensor(list(config.temperatures), dtype=dtype, device=x.device)
     logits = -dist.unsqueeze(0) / taus[:, None, None, None]  # [n_tau, G, N, T]
@@ -128,7 +122,7 @@ def compute_drift(
     else:
         affinity = logits.exp()
     affinity = affinity * weights[None, :, None, :]
-    a_neg, a_pos = affinity[..., : n + m], affinity[..., n + m :]  # [n_tau, G, N, N+M], [.., P]
+    a_neg, a_pos = affinity[..., :m], affinity[..., m:]  # [n_tau, G, N, M], [n_tau, G, N, P]
     coef = torch.cat(
         [
             -config.repulsion * a_neg * a_pos.sum(-1, keepdim=True),
@@ -139,12 +133,34 @@ def compute_drift(
 
     x_scaled = x / input_scale[:, None, None]
     targets_scaled = targets / input_scale[:, None, None]
-    # force = sum_j coef_ij (y_j - x_i): attraction to positives minus repulsion from negatives.
+    # force_i = sum_j coef_ij (y_j - x_i): attraction to positives minus repulsion from negatives.
     force = torch.einsum("kgnt,gtd->kgnd", coef, targets_scaled) - coef.sum(-1, keepdim=True) * x_scaled
     raw = torch.stack([_mean_over(f.pow(2), config.stats_over) for f in force]).clamp_min(1e-8).sqrt()  # [n_tau, G]
     if config.normalize_drift:
         force = force / raw[:, :, None, None]
     return force.sum(0), input_scale, raw, s
+
+
+def compute_drift(
+    gen: Tensor,
+    pos: Tensor,
+    neg: Optional[Tensor] = None,
+    neg_weight: Optional[Tensor] = None,
+    config: DriftConfig = DriftConfig(),
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """V for generated samples gen [G, N, D]: the negatives are gen itself plus the weighted extras."""
+    if gen.dim() != 3 or pos.dim() != 3 or pos.shape[0] != gen.shape[0] or pos.shape[2] != gen.shape[2]:
+        raise ValueError(f"expected gen [G, N, D] and pos [G, P, D], got {tuple(gen.shape)} and {tuple(pos.shape)}")
+    g, n, d = gen.shape
+    if neg is None:
+        neg = gen.new_zeros(g, 0, d)
+    if neg.dim() != 3 or neg.shape[0] != g or neg.shape[2] != d:
+        raise ValueError(f"expected neg [G, M, D] = [{g}, M, {d}], got {tuple(neg.shape)}")
+    weights = gen.new_ones(g, n + neg.shape[1])
+    if neg_weight is not None:
+        weights[:, n:] = torch.as_tensor(neg_weight, dtype=weights.dtype, device=gen.device).expand(g, neg.shape[1])
+    negatives = torch.cat([gen.detach(), neg.to(gen.dtype)], dim=1)
+    return drift_field(gen, pos, negatives, weights, config, self_negatives=True)
 
 
 def drift_loss(

@@ -1,0 +1,131 @@
+"""The mathematics of the drift field, each property able to fail."""
+import itertools
+
+import pytest
+import torch
+
+from drift_policy.drift import DriftConfig, compute_drift, drift_field, drift_loss
+from drift_policy.drift.reference import reference_drift
+
+torch.manual_seed(0)
+RAW = DriftConfig(normalize_drift=False)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+@pytest.mark.parametrize("config", [RAW, DriftConfig()], ids=["unnormalised", "normalised"])
+def test_anti_symmetry_swapping_positives_and_negatives_flips_v(config):
+    x, p, q = torch.randn(4, 6, 3), torch.randn(4, 5, 3) + 1.0, torch.randn(4, 7, 3)
+    v_pq = drift_field(x, pos=p, neg=q, config=config)[0]
+    v_qp = drift_field(x, pos=q, neg=p, config=config)[0]
+    torch.testing.assert_close(v_pq, -v_qp, rtol=1e-5, atol=1e-6)
+    assert v_pq.abs().mean() > 0.01  # not trivially zero
+
+
+def test_drift_points_from_generated_toward_data():
+    p = torch.randn(8, 64, 2)
+    shift = torch.tensor([1.5, -0.5])
+    v = compute_drift(p.roll(1, dims=0) + shift, p)[0]  # q: a shifted (independent) copy of p
+    assert _cos(v.mean(dim=(0, 1)), -shift) > 0.95
+
+
+def test_raw_drift_is_small_at_equilibrium():
+    p, q = torch.randn(4, 1024, 2), torch.randn(4, 1024, 2)
+    shift = torch.tensor([1.0, 0.0])
+    at_eq, shifted = drift_loss(q, p, config=RAW), drift_loss(q + shift, p, config=RAW)
+    # Per-sample drift keeps a finite-sample noise floor (largest at the smallest temperature) ...
+    assert torch.all(at_eq.raw_drift < 0.5 * shifted.raw_drift), (at_eq.raw_drift, shifted.raw_drift)
+    assert at_eq.raw_drift[-1] < 0.15 * shifted.raw_drift[-1]
+    # ... while its systematic part, the mean drift, vanishes.
+    assert at_eq.drift.mean(dim=(0, 1)).norm() < 0.1 * shifted.drift.mean(dim=(0, 1)).norm()
+
+
+def test_gradients_reach_only_the_generated_samples():
+    gen = torch.randn(3, 8, 5, requires_grad=True)
+    pos = torch.randn(3, 4, 5, requires_grad=True)
+    neg = torch.randn(3, 2, 5, requires_grad=True)
+    out = drift_loss(gen, pos, neg, torch.full((3, 2), 0.5))
+    out.loss.backward()
+    assert pos.grad is None and neg.grad is None
+    v, input_scale, _, _ = compute_drift(gen, pos, neg, torch.full((3, 2), 0.5))
+    # d/dgen mean_g mean_nd (x/s - sg(x/s + V))^2 = -2 V / (s N D G)
+    expected = -2 * v / (input_scale[:, None, None] * 8 * 5 * 3)
+    torch.testing.assert_close(gen.grad, expected.float(), rtol=1e-4, atol=1e-7)
+
+
+def test_loss_value_is_the_squared_drift():
+    gen, pos = torch.randn(5, 8, 4), torch.randn(5, 3, 4)
+    out = drift_loss(gen, pos)
+    torch.testing.assert_close(out.loss_per_group, out.drift.pow(2).mean(dim=(1, 2)).float())
+
+
+def test_groups_do_not_leak_into_each_other():
+    gen, pos = torch.randn(3, 8, 4), torch.randn(3, 2, 4)
+    changed_gen, changed_pos = gen.clone(), pos.clone()
+    changed_gen[1] = torch.randn(8, 4) * 5 + 3
+    changed_pos[1] = torch.randn(2, 4) * 5
+    v = compute_drift(gen, pos)[0]
+    v_changed = compute_drift(changed_gen, changed_pos)[0]
+    torch.testing.assert_close(v[0], v_changed[0], rtol=0, atol=0)
+    torch.testing.assert_close(v[2], v_changed[2], rtol=0, atol=0)
+    assert not torch.allclose(v[1], v_changed[1])
+    # The official code's batch statistics couple the groups through the shared scale.
+    batch = DriftConfig(stats_over="batch")
+    assert not torch.allclose(compute_drift(gen, pos, config=batch)[0][0], compute_drift(changed_gen, changed_pos, config=batch)[0][0])
+
+
+def test_self_pair_is_masked_and_a_single_sample_still_drifts_to_the_data():
+    gen, pos = torch.zeros(1, 1, 2), torch.tensor([[[2.0, 0.0]]])
+    v = compute_drift(gen, pos)[0]
+    assert v[0, 0, 0] > 0 and abs(float(v[0, 0, 1])) < 1e-6
+
+
+ABLATIONS = [
+    DriftConfig(stats_over=s, kernel_norm=k, normalize_drift=nd, attraction=a, repulsion=r)
+    for s, k, nd, (a, r) in itertools.product(
+        ["group", "batch"], ["both", "targets", "none"], [True, False], [(1.0, 1.0), (1.5, 1.0)]
+    )
+]
+
+
+@pytest.mark.parametrize("config", ABLATIONS)
+def test_vectorised_field_agrees_with_the_loop_reference(config):
+    gen, pos = torch.randn(3, 5, 4, dtype=torch.float64), torch.randn(3, 4, 4, dtype=torch.float64)
+    neg, w = torch.randn(3, 3, 4, dtype=torch.float64), torch.rand(3, 3, dtype=torch.float64)
+    torch.testing.assert_close(compute_drift(gen, pos, neg, w, config)[0], reference_drift(gen, pos, neg, w, config), rtol=0, atol=1e-5)
+
+
+def test_fp32_field_agrees_with_the_fp64_reference():
+    gen, pos = torch.randn(4, 8, 6), torch.randn(4, 2, 6)
+    torch.testing.assert_close(compute_drift(gen, pos)[0].double(), reference_drift(gen, pos), rtol=0, atol=1e-4)
+
+
+def test_guidance_negatives_push_generated_samples_away():
+    gen, pos = torch.randn(1, 4, 2) * 0.1, torch.randn(1, 8, 2) * 0.1 + torch.tensor([1.0, 0.0])
+    neg = torch.randn(1, 8, 2) * 0.1 + torch.tensor([1.0, 1.0])
+    v_plain = compute_drift(gen, pos)[0].mean(dim=(0, 1))
+    v_guided = compute_drift(gen, pos, neg, torch.full((1, 8), 3.0))[0].mean(dim=(0, 1))
+    # weighted negatives above the positives turn the drift downward, away from them
+    assert v_guided[1] < v_plain[1] - 0.5 and v_guided[0] > 0
+
+
+@pytest.mark.parametrize(
+    "gen, pos, message",
+    [
+        (torch.zeros(4, 2), torch.zeros(1, 4, 2), "expected gen"),
+        (torch.zeros(1, 4, 2), torch.zeros(1, 4, 3), "expected gen"),
+        (torch.zeros(2, 4, 2), torch.zeros(1, 4, 2), "expected gen"),
+    ],
+)
+def test_bad_shapes_are_refused_with_the_expected_layout(gen, pos, message):
+    with pytest.raises(ValueError, match=message):
+        drift_loss(gen, pos)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="kernel_norm"):
+        DriftConfig(kernel_norm="rows")
+    with pytest.raises(ValueError, match="temperatures"):
+        DriftConfig(temperatures=())
