@@ -1,0 +1,196 @@
+"""One policy interface for every action generator: input checks, normalisation, observation encoding,
+receding-horizon slicing, a one-observation-at-a-time helper, and save/load.
+
+Subclasses differ only in their objective (`compute_loss`) and sampler (`sample`), so a new variant is
+a config and ~50 lines, not a copied file.
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from drift_policy.models import ConditionalUnet1D, ObsEncoder
+from drift_policy.normalizer import Normalizer
+
+CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE = "config.json", "model.safetensors", "normalizer.safetensors"
+ArrayLike = np.ndarray | Tensor
+
+
+class Policy(nn.Module):
+    """Observation history in, action chunk out; subclasses implement `compute_loss` and `sample`."""
+
+    registry: ClassVar[dict[str, type["Policy"]]] = {}
+    policy_type: ClassVar[str]
+    uses_timestep: ClassVar[bool]  # whether the U-Net gets a diffusion-step input
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Policy.registry[cls.policy_type] = cls
+
+    def __init__(
+        self,
+        shape_meta: Mapping[str, Any],
+        n_obs_steps: int = 2,
+        horizon: int = 16,
+        n_action_steps: int = 8,
+        unet: Mapping[str, Any] | None = None,
+        obs_encoder: Mapping[str, Any] | None = None,
+        task: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if n_obs_steps - 1 + n_action_steps > horizon:
+            raise ValueError(f"n_obs_steps - 1 + n_action_steps must fit in the horizon, got {n_obs_steps}, {n_action_steps}, {horizon}")
+        self.shape_meta = _plain(shape_meta)
+        self.obs_meta: dict[str, dict] = self.shape_meta["obs"]
+        self.action_dim = int(self.shape_meta["action"]["shape"][0])
+        self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
+        self.normalizer = Normalizer()
+        self.obs_encoder = ObsEncoder(self.obs_meta, n_obs_steps, **(obs_encoder or {}))
+        unet_kwargs = dict(unet or {})
+        if not self.uses_timestep:
+            unet_kwargs["time_embed_dim"] = None
+        self.model = ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, **unet_kwargs)
+        # Everything needed to rebuild this policy without the training config (saved as config.json).
+        self.init_kwargs: dict[str, Any] = {
+            "shape_meta": self.shape_meta, "n_obs_steps": n_obs_steps, "horizon": horizon,
+            "n_action_steps": n_action_steps, "unet": unet or {}, "obs_encoder": obs_encoder or {}, "task": task or {},
+        }
+        self._history: deque[dict[str, ArrayLike]] = deque(maxlen=n_obs_steps)
+        self._plan: deque[np.ndarray] = deque()
+
+    # --- what subclasses provide -------------------------------------------------------------
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """Training loss on a raw (un-normalised) batch {"obs": {key: [B, To, ...]}, "action": [B, T, Da]}."""
+        raise NotImplementedError
+
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Normalised action chunks [B, T, Da] for observation features cond [B, C]."""
+        raise NotImplementedError
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per predicted chunk."""
+        raise NotImplementedError
+
+    # --- shared machinery --------------------------------------------------------------------
+    def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
+        """Normalise low-dim observations and encode the history to conditioning features [B, C]."""
+        return self.obs_encoder(self.normalizer.normalize_dict(obs))
+
+    def fit_normalizer(self, data: Mapping[str, np.ndarray]) -> None:
+        """Fit the min-max normaliser on the dataset's low-dim observations and actions."""
+        self.normalizer.fit(data)
+
+    @torch.inference_mode()
+    def predict_action(self, obs: Mapping[str, ArrayLike], full_chunk: bool = False) -> ArrayLike:
+        """Action chunk to execute, in env units: [B, Ta, Da] ([Ta, Da] for an unbatched history).
+
+        obs maps every observation key to its history [B, To, ...] or [To, ...] (numpy or torch);
+        full_chunk=True returns all T predicted steps instead of the Ta executed ones.
+        """
+        tensors, batched, as_numpy = self._check_obs(obs)
+        actions = self.normalizer.unnormalize("action", self.sample(self.encode(tensors)))
+        if not full_chunk:
+            start = self.n_obs_steps - 1
+            actions = actions[:, start : start + self.n_action_steps]
+        actions = actions if batched else actions[0]
+        return actions.cpu().numpy() if as_numpy else actions
+
+    def reset(self) -> None:
+        """Forget the observation history and the remaining planned actions (start of an episode)."""
+        self._history.clear()
+        self._plan.clear()
+
+    def step(self, obs: Mapping[str, ArrayLike]) -> np.ndarray:
+        """One observation in, one action [Da] out: keeps the history and replans every Ta steps."""
+        self._history.append({k: np.asarray(v.cpu() if isinstance(v, Tensor) else v) for k, v in obs.items()})
+        if not self._plan:
+            frames = list(self._history)
+            frames = [frames[0]] * (self.n_obs_steps - len(frames)) + frames  # pad like the dataset does
+            history = {k: np.stack([f[k] for f in frames]) for k in self.obs_meta}
+            self._plan.extend(self.predict_action(history))
+        return self._plan.popleft()
+
+    def _check_obs(self, obs: Mapping[str, ArrayLike]) -> tuple[dict[str, Tensor], bool, bool]:
+        """Validate keys, shapes, dtypes and finiteness; return batched tensors on the policy's device."""
+        if not isinstance(obs, Mapping):
+            raise ValueError(f"obs must be a dict with keys {sorted(self.obs_meta)}, got {type(obs).__name__}")
+        missing = [k for k in self.obs_meta if k not in obs]
+        if missing:
+            raise ValueError(f"obs is missing key(s) {missing}; expected keys {sorted(self.obs_meta)}")
+        device = self.normalizer.device
+        tensors, batched, as_numpy = {}, None, None
+        for key, meta in self.obs_meta.items():
+            value = obs[key]
+            as_numpy = not isinstance(value, Tensor) if as_numpy is None else as_numpy
+            tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+            item = (self.n_obs_steps, *meta["shape"])  # rgb shapes are [H, W, 3], as stored
+            is_batched = tuple(tensor.shape[1:]) == item
+            if not is_batched and tuple(tensor.shape) != item:
+                raise ValueError(f"obs[{key!r}] has shape {tuple(tensor.shape)}; expected (B, {', '.join(map(str, item))}) or {item}")
+            if batched is not None and is_batched != batched:
+                raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
+            batched = is_batched
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise ValueError(f"obs[{key!r}] contains NaN or infinite values")
+            tensor = tensor if is_batched else tensor.unsqueeze(0)
+            tensors[key] = tensor.to(device) if meta.get("type") == "rgb" else tensor.to(device, torch.float32)
+        return tensors, bool(batched), bool(as_numpy)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return _plain({"policy_type": self.policy_type, **self.init_kwargs})
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json, model.safetensors and normalizer.safetensors (each written atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
+        _atomic(directory / WEIGHTS_FILE, lambda p: save_file(weights, str(p)))
+        stats = {k: v.detach().cpu().contiguous() for k, v in self.normalizer.state_dict().items()}
+        _atomic(directory / NORMALIZER_FILE, lambda p: save_file(stats, str(p)))
+        _atomic(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(self.config, indent=2)))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Policy":
+        """Load any saved policy from its directory, with no training config needed."""
+        directory = Path(directory)
+        files = [directory / f for f in (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE)]
+        absent = [f.name for f in files if not f.exists()]
+        if absent:
+            raise FileNotFoundError(f"{directory} is not a saved policy: missing {absent}. Pass the 'policy' folder of a run (outputs/runs/<name>/policy).")
+        config = json.loads(files[0].read_text())
+        kind = config.pop("policy_type", None)
+        if kind not in Policy.registry:
+            raise ValueError(f"{files[0]} names policy_type {kind!r}; known types: {sorted(Policy.registry)}")
+        policy = Policy.registry[kind](**config)
+        policy.normalizer.load_state_dict(load_file(str(files[2])))
+        missing, unexpected = policy.load_state_dict(load_file(str(files[1])), strict=False)
+        missing = [k for k in missing if not k.startswith("normalizer.")]
+        if missing or unexpected:
+            raise ValueError(f"{files[1]} does not match {files[0]}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return policy.to(device).eval()
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write through a temp file and rename, so a killed process never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _plain(value: Any) -> Any:
+    """Hydra/OmegaConf containers and tuples to plain JSON-able Python."""
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(v) for v in value]
+    return value

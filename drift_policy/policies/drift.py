@@ -1,0 +1,59 @@
+"""The one-step Drifting Policy: noise + observation -> action chunk in a single U-Net evaluation."""
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import Tensor
+
+from drift_policy.drift import DriftConfig, drift_loss
+from drift_policy.policies.base import Policy
+
+
+class DriftPolicy(Policy):
+    """Trained with the drift loss: per observation (one group), `n_generated` chunks are the
+    negatives and the demonstrated chunk is the positive, on the raw normalised actions."""
+
+    policy_type = "drift"
+    uses_timestep = False
+
+    def __init__(
+        self,
+        *args: Any,
+        n_generated: int = 8,
+        drift_on: Literal["chunk", "timestep"] = "chunk",
+        drift: Mapping[str, Any] | None = None,
+        noise_std: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if n_generated < 2:
+            raise ValueError(f"n_generated must be >= 2 (the generated chunks repel each other), got {n_generated}")
+        if drift_on not in ("chunk", "timestep"):
+            raise ValueError(f"drift_on must be 'chunk' (one T*Da vector) or 'timestep' (T vectors of Da), got {drift_on!r}")
+        drift = dict(drift or {})
+        self.drift_config = DriftConfig(**{**drift, "temperatures": tuple(drift.get("temperatures", DriftConfig.temperatures))})
+        self.n_generated, self.drift_on, self.noise_std = n_generated, drift_on, noise_std
+        self.init_kwargs.update(n_generated=n_generated, drift_on=drift_on, drift=drift, noise_std=noise_std)
+
+    @property
+    def nfe(self) -> int:
+        return 1
+
+    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device, generator=generator)
+        return self.model(noise * self.noise_std, cond).clamp(-1.0, 1.0)
+
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        cond = self.encode(batch["obs"])  # [B, C]
+        target = self.normalizer.normalize("action", batch["action"])  # [B, T, Da]
+        b, t, da, g = *target.shape, self.n_generated
+        noise = torch.randn(b * g, t, da, device=cond.device) * self.noise_std
+        gen = self.model(noise, cond.repeat_interleave(g, dim=0)).view(b, g, t, da)
+        if self.drift_on == "chunk":  # one group per observation, samples are whole chunks
+            gen, pos = gen.reshape(b, g, t * da), target.reshape(b, 1, t * da)
+        else:  # one group per (observation, time step), samples are single actions
+            gen, pos = gen.permute(0, 2, 1, 3).reshape(b * t, g, da), target.reshape(b * t, 1, da)
+        out = drift_loss(gen, pos, config=self.drift_config)
+        info = {f"drift/{k}": float(v) for k, v in out.info.items()}
+        return out.loss, info

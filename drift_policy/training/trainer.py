@@ -1,0 +1,198 @@
+"""The training loop shared by every policy: dataset -> normaliser -> policy -> optimiser, with EMA,
+periodic rollouts, logs, atomic checkpoints and resume."""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from drift_policy.data.dataset import PolicyDataset
+from drift_policy.policies import Policy
+from drift_policy.training.checkpoint import load_checkpoint, save_checkpoint
+from drift_policy.training.logging import RunLogger
+from envs.runner import EnvRunner
+
+POLICY_DIR = "policy"
+# Parts of the config that must not change between a run and its resumption.
+IDENTITY_KEYS = ("task", "policy", "seed", "train.batch_size", "train.num_steps", "train.lr")
+
+
+def build_dataset(task: DictConfig, split: str = "train", seed: int = 42) -> PolicyDataset:
+    """The task's replay buffer (made by its scripted expert on first use) as a sequence dataset."""
+    ensure_demonstrations(task)
+    buffer = hydra.utils.instantiate(task.dataset)
+    return PolicyDataset(
+        buffer, obs_keys=list(task.shape_meta.obs), horizon=task.horizon, n_obs_steps=task.n_obs_steps,
+        n_action_steps=task.n_action_steps, val_ratio=task.get("val_ratio", 0.02),
+        max_train_episodes=task.get("max_train_episodes"), seed=seed, split=split,
+    )
+
+
+def ensure_demonstrations(task: DictConfig) -> None:
+    """Tasks without a shipped dataset name a scripted expert; run it once when the file is missing."""
+    generate = task.get("generate")
+    path = Path(task.dataset.path)
+    if generate is None or path.exists():
+        return
+    from data.generate import generate as run_expert  # imported lazily: it pulls in the simulators
+
+    print(f"{path} not found: generating {generate.episodes} demonstrations of {generate.task} with the scripted expert "
+          f"(the same as `python -m data.generate --task {generate.task} --episodes {generate.episodes}`)")
+    run_expert(generate.task, path, episodes=int(generate.episodes), image=bool(generate.get("image", False)))
+
+
+def build_policy(cfg: DictConfig) -> Policy:
+    """Instantiate the configured policy for the task; the task config is saved inside it for eval."""
+    task = cfg.task
+    policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+    policy_cfg.pop("name", None)
+    return hydra.utils.instantiate(
+        policy_cfg, shape_meta=OmegaConf.to_container(task.shape_meta, resolve=True),
+        n_obs_steps=task.n_obs_steps, horizon=task.horizon, n_action_steps=task.n_action_steps,
+        task=OmegaConf.to_container(task, resolve=True), _recursive_=False,  # the task's _target_s stay data
+    )
+
+
+def make_runner(task: dict[str, Any], n_rollouts: int, seed_start: int, n_envs: int | None = None,
+                n_videos: int = 0, video_dir: Path | None = None) -> EnvRunner:
+    """Rollout runner for a task config (a plain dict, as saved inside a policy)."""
+    env_fn = functools.partial(hydra.utils.instantiate, task["env"])
+    return EnvRunner(
+        env_fn, n_obs_steps=task["n_obs_steps"], n_action_steps=task["n_action_steps"], max_steps=task["max_steps"],
+        n_rollouts=n_rollouts, seed_start=seed_start, n_envs=n_envs, n_videos=n_videos, video_dir=video_dir,
+    )
+
+
+def _identity(cfg: DictConfig) -> dict[str, Any]:
+    values = {key: OmegaConf.select(cfg, key) for key in IDENTITY_KEYS}
+    return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
+
+
+def train(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train (or resume) the run in run_dir; returns the saved policy directory (EMA weights)."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    device = torch.device(cfg.device)
+    tc = cfg.train
+
+    dataset = build_dataset(cfg.task, "train", cfg.seed)
+    val_dataset = dataset.val_split()
+    policy = build_policy(cfg)
+    policy.fit_normalizer(dataset.normalizer_data())
+    policy.to(device)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    lr_scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.num_steps)
+    ema = EMAModel(policy.parameters(), decay=tc.ema.max_decay, use_ema_warmup=True, power=tc.ema.power)
+    rng = np.random.default_rng(cfg.seed)
+    step = 0
+
+    state = load_checkpoint(run_dir) if tc.resume else None
+    if state is not None:
+        if state["identity"] != _identity(cfg):
+            changed = [k for k in IDENTITY_KEYS if state["identity"].get(k) != _identity(cfg).get(k)]
+            raise ValueError(f"{run_dir} holds a checkpoint of a different config (changed: {changed}). "
+                             f"Start a new run with run_name=<new name>, or train.resume=false to overwrite it.")
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        ema.load_state_dict(state["ema"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step = state["step"]
+        print(f"Resuming {run_dir} at step {step}")
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()  # a fresh start owns the run's logs
+
+    logger = RunLogger(run_dir)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+
+    def checkpoint() -> None:
+        save_checkpoint(run_dir, {
+            "step": step, "identity": _identity(cfg), "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(), "ema": ema.state_dict(), "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        })
+
+    def ema_policy() -> Policy:
+        averaged = copy.deepcopy(policy)
+        ema.copy_to(averaged.parameters())
+        return averaged.eval()
+
+    def evaluate() -> dict[str, float]:
+        averaged = ema_policy()
+        metrics: dict[str, float] = {}
+        if len(val_dataset) > 0:
+            batch = val_dataset.get_batch(np.arange(min(len(val_dataset), 256)))
+            with torch.inference_mode():
+                pred = averaged.normalizer.unnormalize("action", averaged.sample(averaged.encode(_to(batch["obs"], device))))
+            metrics["eval/val_action_mse"] = float(((pred.cpu() - batch["action"]) ** 2).mean())
+        if tc.eval_rollouts > 0:
+            runner = make_runner(policy.init_kwargs["task"], tc.eval_rollouts, seed_start=cfg.eval_seed_start)
+            result = runner.run(averaged)
+            metrics.update({"eval/mean_score": result["mean_score"], "eval/success_rate": result["success_rate"]})
+        return metrics
+
+    deadline = time.monotonic() + 60 * tc.max_minutes if tc.get("max_minutes") else math.inf
+    policy.train()
+    bar = tqdm(total=tc.num_steps, initial=step, desc="train", dynamic_ncols=True)
+    window: list[float] = []
+    step_start = time.perf_counter()
+    while step < tc.num_steps and time.monotonic() < deadline:
+        batch = dataset.get_batch(rng.integers(0, len(dataset), size=tc.batch_size))
+        loss, info = policy.compute_loss({"obs": _to(batch["obs"], device), "action": batch["action"].to(device)})
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the dataset for NaN")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
+        optimizer.step()
+        lr_scheduler.step()
+        ema.step(policy.parameters())
+        step += 1
+        window.append(loss.item())
+        bar.update(1)
+        if step % tc.log_every == 0 or step == tc.num_steps:
+            seconds = (time.perf_counter() - step_start) / len(window)
+            metrics = {"train/loss": float(np.mean(window)), "train/lr": lr_scheduler.get_last_lr()[0],
+                       "train/step_time_s": seconds, **info}
+            logger.log(step, metrics)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", s_per_step=f"{seconds:.3f}")
+            window, step_start = [], time.perf_counter()
+        if step % tc.checkpoint_every == 0:
+            checkpoint()
+        if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
+            metrics = evaluate()
+            logger.log(step, metrics)
+            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+            policy.train()
+    bar.close()
+
+    checkpoint()
+    policy_dir = ema_policy().save_pretrained(run_dir / POLICY_DIR)
+    final = evaluate() if tc.final_eval else {}
+    if final:
+        logger.log(step, final)
+        print("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
+    (run_dir / "train_summary.json").write_text(json.dumps({"step": step, **final}, indent=2))
+    logger.plot()
+    logger.close()
+    return policy_dir
+
+
+def _to(obs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in obs.items()}

@@ -1,0 +1,157 @@
+"""The policy interface on real Push-T data: shapes, units, errors, one network evaluation, save/load."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from drift_policy.policies import DiffusionPolicy, DriftPolicy, Policy
+from drift_policy.training.trainer import build_dataset, build_policy
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+SMALL_UNET = "policy.unet.down_dims=[16,32,64]"
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIGS, version_base=None):
+        return compose("train_policy", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return build_dataset(_cfg().task)
+
+
+def _policy(dataset, *overrides: str) -> Policy:
+    torch.manual_seed(0)
+    policy = build_policy(_cfg(SMALL_UNET, *overrides))
+    policy.fit_normalizer(dataset.normalizer_data())
+    return policy.eval()
+
+
+@pytest.fixture(scope="module")
+def drift_policy(dataset):
+    return _policy(dataset)
+
+
+@pytest.fixture(scope="module")
+def batch(dataset):
+    return dataset.get_batch(np.arange(4))
+
+
+def _count_forwards(policy: Policy) -> list:
+    calls = []
+    policy.model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_predict_action_shapes_for_numpy_torch_batched_and_not(drift_policy, batch):
+    obs_np = {k: v.numpy() for k, v in batch["obs"].items()}
+    out = drift_policy.predict_action(obs_np)
+    assert isinstance(out, np.ndarray) and out.shape == (4, 8, 2)
+    single = drift_policy.predict_action({k: v[0] for k, v in obs_np.items()})
+    assert single.shape == (8, 2)
+    out_t = drift_policy.predict_action(batch["obs"], full_chunk=True)
+    assert isinstance(out_t, torch.Tensor) and out_t.shape == (4, 16, 2)
+
+
+def test_actions_come_back_in_env_units(drift_policy, dataset, batch):
+    actions = dataset.normalizer_data()["action"]
+    lo, hi = actions.min(0), actions.max(0)
+    out = drift_policy.predict_action(batch["obs"], full_chunk=True).numpy()
+    assert np.all(out >= lo - 1e-4) and np.all(out <= hi + 1e-4)
+    assert out.std() > 1.0  # spread over the 512-pixel workspace, not squashed into [-1, 1]
+
+
+def test_exactly_one_network_evaluation_per_chunk(dataset, batch):
+    policy = _policy(dataset)
+    calls = _count_forwards(policy)
+    policy.predict_action(batch["obs"])
+    assert len(calls) == 1 and policy.nfe == 1
+
+
+def test_diffusion_policy_samples_with_two_ddim_steps(dataset, batch):
+    policy = _policy(dataset, "policy=diffusion", "policy.sampler=ddim", "policy.num_inference_steps=2")
+    assert isinstance(policy, DiffusionPolicy)
+    calls = _count_forwards(policy)
+    out = policy.predict_action(batch["obs"])
+    assert len(calls) == 2 and policy.nfe == 2 and out.shape == (4, 8, 2) and torch.isfinite(out).all()
+
+
+def test_diffusion_loss_is_the_epsilon_prediction_error(dataset, batch):
+    policy = _policy(dataset, "policy=diffusion")
+    torch.manual_seed(3)
+    loss, _ = policy.compute_loss(batch)
+    torch.manual_seed(3)
+    target = policy.normalizer.normalize("action", batch["action"])
+    noise = torch.randn_like(target)
+    t = torch.randint(0, 100, (target.shape[0],))
+    eps = policy.model(policy.train_scheduler.add_noise(target, noise, t), policy.encode(batch["obs"]), t)
+    torch.testing.assert_close(loss, ((eps - noise) ** 2).mean())
+
+
+def test_drift_loss_is_finite_and_trains_only_what_it_should(dataset, batch):
+    for drift_on in ("chunk", "timestep"):
+        policy = _policy(dataset, f"policy.drift_on={drift_on}").train()
+        loss, info = policy.compute_loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss) and "drift/scale" in info
+        assert all(p.grad is not None for p in policy.model.parameters())
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda o: o.pop("keypoint"), "missing key"),
+        (lambda o: o.__setitem__("keypoint", o["keypoint"][:, :, :10]), r"expected \(B, 2, 18\)"),
+        (lambda o: o["agent_pos"].__setitem__((0, 0, 0), float("nan")), "NaN"),
+    ],
+    ids=["missing-key", "wrong-shape", "nan"],
+)
+def test_bad_observations_are_refused_with_what_was_expected(drift_policy, batch, mutate, message):
+    obs = {k: v.numpy().copy() for k, v in batch["obs"].items()}
+    mutate(obs)
+    with pytest.raises(ValueError, match=message):
+        drift_policy.predict_action(obs)
+
+
+def test_step_helper_keeps_history_and_replans_every_ta_steps(dataset, batch):
+    policy = _policy(dataset)
+    calls = _count_forwards(policy)
+    policy.reset()
+    obs = {k: v[0, -1].numpy() for k, v in batch["obs"].items()}
+    actions = [policy.step(obs) for _ in range(16)]
+    assert len(calls) == 2 and all(a.shape == (2,) for a in actions)
+
+
+def test_save_load_gives_the_same_policy(dataset, batch, tmp_path):
+    for overrides in ((), ("policy=diffusion", "policy.sampler=ddim", "policy.num_inference_steps=3")):
+        policy = _policy(dataset, *overrides)
+        loaded = Policy.from_pretrained(policy.save_pretrained(tmp_path / policy.policy_type))
+        assert type(loaded) is type(policy)
+        for key, value in policy.state_dict().items():
+            torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+        torch.manual_seed(7)
+        expected = policy.predict_action(batch["obs"])
+        torch.manual_seed(7)
+        torch.testing.assert_close(loaded.predict_action(batch["obs"]), expected)
+
+
+def test_loading_weights_of_another_config_names_the_problem(dataset, tmp_path):
+    small = _policy(dataset).save_pretrained(tmp_path / "small")
+    big = _policy(dataset, "policy.unet.down_dims=[32,64,128]").save_pretrained(tmp_path / "big")
+    (small / "model.safetensors").write_bytes((big / "model.safetensors").read_bytes())
+    with pytest.raises(Exception, match="size mismatch|does not match"):
+        Policy.from_pretrained(small)
+    with pytest.raises(FileNotFoundError, match="not a saved policy"):
+        Policy.from_pretrained(tmp_path)
+
+
+def test_invalid_policy_settings_are_refused(dataset):
+    # hydra wraps the policy's ValueError; its message still says what is wrong
+    with pytest.raises(Exception, match="n_generated must be >= 2"):
+        _policy(dataset, "policy.n_generated=1")
+    with pytest.raises(Exception, match="drift_on must be"):
+        _policy(dataset, "policy.drift_on=pixels")
+    assert isinstance(_policy(dataset), DriftPolicy)
