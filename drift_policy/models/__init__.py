@@ -1,0 +1,5 @@
+"""Networks: the action generator / denoiser and the observation encoders."""
+from drift_policy.models.obs_encoder import ObsEncoder
+from drift_policy.models.unet1d import ConditionalUnet1D
+
+__all__ = ["ConditionalUnet1D", "ObsEncoder"]

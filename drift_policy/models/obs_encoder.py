@@ -1,0 +1,157 @@
+"""Observation history -> one conditioning vector: low-dim keys concatenated, each camera through a
+GroupNorm ResNet with spatial-softmax keypoints (Diffusion Policy's image encoder design, written anew)."""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+OBS_TYPES = ("low_dim", "rgb")
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map [N, C, H, W] -> [N, 2K]: expected (x, y) image positions, in [-1, 1], of K learned keypoints."""
+
+    def __init__(self, in_channels: int, height: int, width: int, num_keypoints: int) -> None:
+        super().__init__()
+        self.keypoint_logits = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], dim=-1), persistent=False)  # [H*W, 2]
+
+    def forward(self, features: Tensor) -> Tensor:
+        attention = self.keypoint_logits(features).flatten(2).softmax(dim=-1)  # [N, K, H*W]
+        return (attention @ self.grid).flatten(1)
+
+
+def resnet_backbone(layers: Sequence[int]) -> nn.Sequential:
+    """torchvision ResNet(BasicBlock, layers) with GroupNorm (channels // 16 groups) and no avgpool/fc.
+
+    The submodule names are torchvision's, so its state dict keys are a ResNet's minus `fc.*`.
+    """
+    resnet = ResNet(BasicBlock, list(layers), norm_layer=lambda channels: nn.GroupNorm(channels // 16, channels))
+    return nn.Sequential(OrderedDict((name, m) for name, m in resnet.named_children() if name not in ("avgpool", "fc")))
+
+
+def load_backbone_weights(backbone: nn.Sequential, path: str | Path, layers: Sequence[int]) -> None:
+    """Strictly load a ResNet state dict (.safetensors or a torch.save file) into `backbone`; `fc.*` entries are ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained_path {path} does not exist; pass a saved ResNet state dict or None")
+    state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"pretrained_path {path} holds a {type(state).__name__}, not a state dict; save model.state_dict()")
+    try:
+        backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"pretrained_path {path} does not fit ResNet(BasicBlock, {list(layers)}) with GroupNorm "
+                         f"(BatchNorm weights, e.g. torchvision's ImageNet ones, do not): {err}") from None
+
+
+class RgbEncoder(nn.Module):
+    """Float images [N, 3, h, w] in [0, 1] -> features [N, feature_dim]: ResNet, spatial softmax, linear."""
+
+    def __init__(self, image_hw: tuple[int, int], layers: Sequence[int], num_keypoints: int, feature_dim: int,
+                 pretrained_path: str | None) -> None:
+        super().__init__()
+        self.backbone = resnet_backbone(layers)
+        if pretrained_path is not None:
+            load_backbone_weights(self.backbone, pretrained_path, layers)
+        with torch.no_grad():
+            _, channels, height, width = self.backbone(torch.zeros(1, 3, *image_hw)).shape
+        self.pool = SpatialSoftmax(channels, height, width, num_keypoints)
+        self.proj = nn.Linear(2 * num_keypoints, feature_dim)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(self.pool(self.backbone(images)))
+
+
+class ObsEncoder(nn.Module):
+    """Observation dict {key: [B, To, ...]} -> features [B, To * per_step_dim] (`output_dim`).
+
+    Low-dim values (normalised float) are concatenated; each rgb key (uint8 [B, To, H, W, 3]) is cropped
+    (random per frame in training, center in eval), scaled to [0, 1] and encoded by its own ResNet, or by
+    one shared ResNet with share_rgb_model=True. Keys are laid out in sorted order, per observation step.
+    """
+
+    def __init__(self, shape_meta_obs: Mapping[str, Any], n_obs_steps: int, crop_shape: Sequence[int] | None = (84, 84),
+                 layers: Sequence[int] = (2, 2, 2, 2), num_keypoints: int = 32, feature_dim: int = 64,
+                 pretrained_path: str | None = None, share_rgb_model: bool = False) -> None:
+        super().__init__()
+        if not shape_meta_obs:
+            raise ValueError("shape_meta_obs is empty; give at least one observation key with its shape and type")
+        self.n_obs_steps = n_obs_steps
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.rgb_keys: list[str] = []
+        for key, meta in sorted(shape_meta_obs.items()):
+            self.shapes[key], obs_type = tuple(int(d) for d in meta["shape"]), meta.get("type", "low_dim")
+            if obs_type not in OBS_TYPES:
+                raise ValueError(f"observation '{key}' has type {obs_type!r}; expected one of {OBS_TYPES}")
+            if obs_type == "rgb":
+                self._check_image_shape(key, self.shapes[key], crop_shape)
+                self.rgb_keys.append(key)
+        self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
+        image_shapes = {self.crop_shape or self.shapes[key][:2] for key in self.rgb_keys}
+        if share_rgb_model and len(image_shapes) > 1:
+            raise ValueError(f"share_rgb_model=True needs every camera at one size, got {sorted(image_shapes)}; set crop_shape")
+        # Cameras encoded by each ResNet: one group per camera, or a single shared group.
+        self.camera_groups = {"shared": self.rgb_keys} if share_rgb_model and self.rgb_keys else {k: [k] for k in self.rgb_keys}
+        self.rgb_models = nn.ModuleDict({
+            name: RgbEncoder(self.crop_shape or self.shapes[keys[0]][:2], layers, num_keypoints, feature_dim, pretrained_path)
+            for name, keys in self.camera_groups.items()})
+        per_step_dim = sum(feature_dim if key in self.rgb_keys else math.prod(shape) for key, shape in self.shapes.items())
+        self.output_dim = n_obs_steps * per_step_dim
+
+    @staticmethod
+    def _check_image_shape(key: str, shape: tuple[int, ...], crop_shape: Sequence[int] | None) -> None:
+        if len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"rgb observation '{key}' must have shape [H, W, 3] (HWC) in shape_meta, got {list(shape)}")
+        if crop_shape is not None and (len(crop_shape) != 2 or crop_shape[0] > shape[0] or crop_shape[1] > shape[1]):
+            raise ValueError(f"crop_shape {tuple(crop_shape)} must be (h, w) no larger than '{key}' images {shape[:2]}")
+
+    def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
+        batch_size = self._check_obs(obs)
+        features = {key: obs[key].flatten(2) for key in self.shapes if key not in self.rgb_keys}
+        for name, keys in self.camera_groups.items():
+            frames = torch.cat([self._crop(obs[key].flatten(0, 1)) for key in keys])  # uint8 [cams * B * To, h, w, 3]
+            # One uint8 -> [0, 1] conversion for the whole batch; the NHWC strides are kept (channels_last runs faster on CPU).
+            images = frames.permute(0, 3, 1, 2).float().div_(255)
+            encoded = self.rgb_models[name](images).view(len(keys), batch_size, self.n_obs_steps, -1)
+            features.update(zip(keys, encoded))
+        return torch.cat([features[key] for key in self.shapes], dim=-1).flatten(1)
+
+    def _crop(self, frames: Tensor) -> Tensor:
+        """uint8 [N, H, W, 3] -> [N, h, w, 3]: an independent random window per frame in training, the center in eval."""
+        if self.crop_shape is None:
+            return frames
+        n, height, width, _ = frames.shape
+        h, w = self.crop_shape
+        if not self.training:
+            top, left = (height - h) // 2, (width - w) // 2
+            return frames[:, top : top + h, left : left + w]
+        device = frames.device
+        rows = torch.randint(0, height - h + 1, (n, 1, 1), device=device) + torch.arange(h, device=device).view(1, h, 1)
+        cols = torch.randint(0, width - w + 1, (n, 1, 1), device=device) + torch.arange(w, device=device).view(1, 1, w)
+        return frames[torch.arange(n, device=device).view(n, 1, 1), rows, cols]
+
+    def _check_obs(self, obs: Mapping[str, Tensor]) -> int:
+        """Raise ValueError naming the key and expected shape for a missing or malformed value; return B."""
+        batch_size = None
+        for key, shape in self.shapes.items():
+            is_rgb = key in self.rgb_keys
+            expected = f"{'uint8' if is_rgb else 'float'} [B, {self.n_obs_steps}, {', '.join(map(str, shape))}]"
+            if key not in obs:
+                raise ValueError(f"observation '{key}' is missing; expected {expected}")
+            value = obs[key]
+            dtype_ok = value.dtype == torch.uint8 if is_rgb else value.is_floating_point()
+            if not dtype_ok or tuple(value.shape[1:]) != (self.n_obs_steps, *shape):
+                raise ValueError(f"observation '{key}' must be {expected}, got {value.dtype} {tuple(value.shape)}")
+            if batch_size is not None and value.shape[0] != batch_size:
+                raise ValueError(f"observation '{key}' has batch size {value.shape[0]}, other keys have {batch_size}")
+            batch_size = value.shape[0]
+        return batch_size
