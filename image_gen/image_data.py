@@ -1,0 +1,138 @@
+"""Datasets of (sample, label) in the generator's space: cached SD-VAE latents, ImageNet pixels, or digits.
+
+Latents are computed once through diffusers' AutoencoderKL (loaded from a local directory) and kept
+on disk as memory-mapped .npy files, so training never runs the VAE encoder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import datasets, transforms
+from tqdm.auto import tqdm
+
+LATENTS, LABELS, META = "latents.npy", "labels.npy", "meta.json"
+
+
+def digits_dataset(size: int = 16) -> TensorDataset:
+    """scikit-learn's 1,797 8x8 handwritten digits, bilinearly upsampled to size x size, in [-1, 1]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0 * 2 - 1
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
+    return TensorDataset(x, torch.tensor(digits.target, dtype=torch.long))
+
+
+def pixel_transform(image_size: int) -> transforms.Compose:
+    """Resize the short side, centre crop, scale to [-1, 1] (the usual ImageNet-256 preprocessing)."""
+    return transforms.Compose([
+        transforms.Resize(image_size),
+        transforms.CenterCrop(image_size),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5] * 3, [0.5] * 3),
+    ])
+
+
+def image_folder(root: str | Path, image_size: int) -> datasets.ImageFolder:
+    """ImageNet-style class folders as pixels in [-1, 1]."""
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist; point data.image_root at e.g. imagenet/train")
+    return datasets.ImageFolder(str(root), transform=pixel_transform(image_size))
+
+
+def load_vae(path: str | Path) -> Any:
+    """diffusers AutoencoderKL from a local directory (config.json + weights); nothing is downloaded."""
+    from diffusers import AutoencoderKL
+
+    if not (Path(path) / "config.json").exists():
+        raise FileNotFoundError(
+            f"no VAE at {path}: save one there with AutoencoderKL.save_pretrained "
+            "(e.g. stabilityai/sd-vae-ft-ema downloaded on a machine with internet) and set data.vae_path"
+        )
+    return AutoencoderKL.from_pretrained(str(path), local_files_only=True).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def cache_latents(image_root: str | Path, vae_path: str | Path, out_dir: str | Path, image_size: int = 256,
+                  batch_size: int = 64, num_workers: int = 4, device: str = "cpu") -> Path:
+    """Encode every image once (posterior mean x scaling factor) into out_dir/latents.npy + labels.npy."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = image_folder(image_root, image_size)
+    vae = load_vae(vae_path).to(device)
+    scale = vae.config.scaling_factor
+    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
+    first = vae.encode(images[0][0][None].to(device)).latent_dist.mean
+    tmp = out_dir / (LATENTS + ".tmp")
+    latents = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(images), *first.shape[1:]))
+    i = 0
+    for x, _ in tqdm(loader, desc="encoding latents"):
+        z = vae.encode(x.to(device)).latent_dist.mean * scale
+        latents[i:i + len(z)] = z.cpu().numpy().astype(np.float16)
+        i += len(z)
+    latents.flush()
+    del latents
+    np.save(out_dir / LABELS, np.asarray(images.targets, dtype=np.int64))
+    (out_dir / META).write_text(json.dumps({"classes": images.classes, "scaling_factor": scale,
+                                            "image_size": image_size}))
+    tmp.replace(out_dir / LATENTS)  # the cache exists only once it is complete
+    return out_dir
+
+
+class LatentDataset(Dataset):
+    """Cached latents (memory-mapped, float16 on disk) with their labels."""
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        cache_dir = Path(cache_dir)
+        if not (cache_dir / LATENTS).exists():
+            raise FileNotFoundError(f"no latent cache in {cache_dir}; build it with image_gen.data.cache_latents "
+                                    "(train.py does so when data.image_root and data.vae_path are set)")
+        self.latents = np.load(cache_dir / LATENTS, mmap_mode="r")
+        self.targets = np.load(cache_dir / LABELS)
+        self.classes = json.loads((cache_dir / META).read_text())["classes"]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return torch.from_numpy(np.array(self.latents[i], dtype=np.float32)), int(self.targets[i])
+
+
+def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
+    """The dataset named by cfg["name"]: "digits" (size), "latents" (cache_dir) or "pixels" (image_root, image_size)."""
+    name = cfg["name"]
+    if name == "digits":
+        return digits_dataset(cfg.get("size", 16))
+    if name == "latents":
+        return LatentDataset(cfg["cache_dir"])
+    if name == "pixels":
+        return image_folder(cfg["image_root"], cfg["image_size"])
+    raise ValueError(f"unknown dataset {name!r}; choose digits, latents or pixels")
+
+
+class ResumableSampler(torch.utils.data.Sampler[int]):
+    """Endless shuffled indices for one rank, restartable at any position.
+
+    Epoch e is a permutation seeded by (seed, e); rank r takes every world-th index of it. Starting at
+    `start` (samples this rank already consumed) replays exactly the stream an uninterrupted run sees.
+    """
+
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1, start: int = 0) -> None:
+        if n < world:
+            raise ValueError(f"{n} samples cannot be split over {world} ranks")
+        self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world, start
+        self.per_rank = n // world
+
+    def __iter__(self):
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            yield from perm[self.rank: self.per_rank * self.world: self.world][offset:].tolist()
+            epoch, offset = epoch + 1, 0
