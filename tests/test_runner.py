@@ -1,0 +1,126 @@
+"""EnvRunner on real Push-T worker processes with a policy that replays real demonstrations."""
+import functools
+from pathlib import Path
+
+import gymnasium as gym
+import imageio
+import numpy as np
+import pytest
+import zarr
+
+from envs.multistep import MultiStepWrapper
+from envs.pusht import make_pusht_env
+from envs.runner import EnvRunner
+
+PUSHT = Path(__file__).resolve().parents[1] / "data/pusht/pusht_cchi_v7_replay.zarr"
+DEMOS = {0: 51, 1: 205}  # seed -> demo: 51 (73 steps) ends at coverage 0.9531 (success); 205 (49 steps) at 0.9096
+MAX_STEPS = 80
+
+
+def _load_demos() -> dict[int, dict[str, np.ndarray]]:
+    root = zarr.open(str(PUSHT), mode="r")
+    ends = root["meta/episode_ends"][:]
+    state, action = root["data/state"][:].astype(np.float64), root["data/action"][:]
+    return {i: {"state": state[ends[i - 1] : ends[i]], "action": action[ends[i - 1] : ends[i]]} for i in DEMOS.values()}
+
+
+class DemoStart(gym.Wrapper):
+    """The real Push-T env, starting episode `seed` from the first recorded state of demo DEMOS[seed]."""
+
+    def __init__(self, env: gym.Env, starts: dict[int, np.ndarray]) -> None:
+        super().__init__(env)
+        self.starts = starts
+
+    def reset(self, *, seed=None, options=None):
+        return self.env.reset(seed=seed, options={"reset_to_state": self.starts[seed]})
+
+
+def make_env(starts: dict[int, np.ndarray]) -> gym.Env:
+    return DemoStart(make_pusht_env("state"), starts)
+
+
+class DemoReplay:
+    """Recognises each row's demo from its first observation, then plays its actions 8 at a time (holding the last)."""
+
+    def __init__(self, demos: dict[int, dict[str, np.ndarray]]) -> None:
+        self.demos, self.calls, self.rows = demos, 0, []
+
+    def reset(self) -> None:
+        self.calls, self.rows = 0, []
+
+    def predict_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self.calls == 0:
+            first = {i: d["state"][0, :2] for i, d in self.demos.items()}
+            self.rows = [min(first, key=lambda i: np.abs(first[i] - pos).max()) for pos in obs["agent_pos"][:, -1]]
+        offsets = np.arange(8) + 8 * self.calls
+        self.calls += 1
+        return np.stack([self.demos[i]["action"][np.minimum(offsets, len(self.demos[i]["action"]) - 1)] for i in self.rows])
+
+
+@pytest.fixture(scope="module")
+def demos():
+    return _load_demos()
+
+
+def _sequential(demos, seed: int) -> dict:
+    """The same episode in this process, without the runner: the reference numbers."""
+    env = MultiStepWrapper(make_env({s: demos[d]["state"][0] for s, d in DEMOS.items()}), 2, 8, MAX_STEPS)
+    policy = DemoReplay({DEMOS[seed]: demos[DEMOS[seed]]})
+    obs, _ = env.reset(seed=seed)
+    rewards, success, done = [], False, False
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(policy.predict_action({k: v[None] for k, v in obs.items()})[0])
+        rewards.append(reward)
+        success |= info["is_success"]
+        done = terminated or truncated
+    return {"seed": seed, "max_reward": max(rewards), "success": success, "steps": env.steps}
+
+
+def test_two_rollouts_in_worker_processes(demos, tmp_path):
+    starts = {seed: demos[demo]["state"][0] for seed, demo in DEMOS.items()}
+    runner = EnvRunner(functools.partial(make_env, starts), n_obs_steps=2, n_action_steps=8, max_steps=MAX_STEPS,
+                       n_rollouts=2, seed_start=0, n_envs=2, n_videos=1, video_dir=tmp_path)
+    result = runner.run(DemoReplay(demos))
+
+    assert result["episodes"] == [_sequential(demos, 0), _sequential(demos, 1)]
+    first, second = result["episodes"]
+    assert first["success"] and first["steps"] == 73 and first["max_reward"] == 1.0  # terminates at coverage > 0.95
+    assert not second["success"] and second["steps"] == MAX_STEPS
+    # Measured: the demo ends at coverage 0.9096; holding its last target for 31 more steps pushes it to 0.9450.
+    assert second["max_reward"] == pytest.approx(0.99478, abs=1e-4)
+    assert result["mean_score"] == pytest.approx((first["max_reward"] + second["max_reward"]) / 2)
+    assert result["success_rate"] == 0.5 and not any(k.startswith("p1") for k in result)
+    assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p95"]
+
+    assert result["videos"] == [str(tmp_path / "seed0_success_score1.00.mp4")]
+    reader = imageio.get_reader(result["videos"][0])
+    assert reader.get_meta_data()["fps"] == 10 and reader.count_frames() == 73 + 1  # reset frame + one per step
+    assert reader.get_data(0).shape == (256, 256, 3)
+
+
+class Hold:
+    """Keeps the agent where it is, so the block never moves."""
+
+    def reset(self) -> None:
+        pass
+
+    def predict_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.repeat(obs["agent_pos"][:, -1:], 8, axis=1)
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])  # one in-process env; two processes with an idle env in round 2
+def test_seeded_rounds_keep_the_initial_coverage_when_nothing_moves(n_envs):
+    result = EnvRunner(make_pusht_env, 2, 8, max_steps=16, n_rollouts=3, n_envs=n_envs).run(Hold())
+    env = make_pusht_env()
+    initial = [min(1.0, env.reset(seed=s)[1]["coverage"] / 0.95) for s in (100000, 100001, 100002)]
+    assert [e["seed"] for e in result["episodes"]] == [100000, 100001, 100002]
+    assert [e["steps"] for e in result["episodes"]] == [16, 16, 16]
+    np.testing.assert_allclose([e["max_reward"] for e in result["episodes"]], initial, rtol=0, atol=1e-9)
+    assert max(initial) > 0 and result["mean_score"] == pytest.approx(np.mean(initial)) and result["videos"] == []
+
+
+def test_runner_argument_errors():
+    with pytest.raises(ValueError, match="n_videos > 0 needs a video_dir"):
+        EnvRunner(make_pusht_env, 2, 8, 300, n_videos=2)
+    with pytest.raises(ValueError, match="n_rollouts must be >= 1"):
+        EnvRunner(make_pusht_env, 2, 8, 300, n_rollouts=0)
