@@ -37,3 +37,12 @@ def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_true(flag: bool) -> bool:
+    """True only when the flag holds on every process (keeps ranks stepping in lockstep)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())

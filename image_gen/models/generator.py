@@ -7,11 +7,14 @@ scale alpha. There is no timestep: one forward pass is the whole sampler.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 # The paper's model sizes; patch 2 on 32x32x4 SD-VAE latents, patch 16 on 256x256x3 pixels.
@@ -201,6 +204,23 @@ class DriftDiT(nn.Module):
         )
         alpha = torch.as_tensor(alpha, dtype=torch.float32, device=device).reshape(-1)
         return self(noise, labels, alpha, style)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json + model.safetensors: all `DriftDiT.from_pretrained` needs (no training config)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps(self.config, indent=1))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "DriftDiT":
+        directory = Path(directory)
+        if not (directory / "config.json").exists():
+            raise FileNotFoundError(f"no generator in {directory}: expected config.json + model.safetensors "
+                                    "as written by image_gen/train.py under <run_dir>/generator")
+        model = cls(**json.loads((directory / "config.json").read_text()))
+        model.load_state_dict(load_file(directory / "model.safetensors"))
+        return model.eval()
 
 
 def build_generator(size: str | None = None, **overrides: Any) -> DriftDiT:

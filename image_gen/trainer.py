@@ -1,0 +1,191 @@
+"""The drifting generator's training loop: queues -> per-class groups with guidance -> features -> drift loss.
+
+Every step each process draws N_c classes from its queues; per class: N_gen generated samples (the
+negatives), N_pos real positives of the class, N_unc real unconditional negatives weighted by the
+class's guidance scale alpha, which the generator also receives. The drift statistics are per group
+(stats_over="group" by default), so a class's loss does not depend on which classes share its batch
+or its GPU: DDP over R processes computes exactly the single-process loss of the union of groups.
+All randomness of a step comes from a generator seeded by (seed, step, rank), so resuming from an
+atomic checkpoint replays the run an uninterrupted job would have made.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from diffusers.optimization import get_scheduler
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader
+
+from drift_policy.drift import DriftConfig
+from drift_policy.training.checkpoint import load_checkpoint, save_checkpoint
+from drift_policy.training.logging import RunLogger
+from image_gen import distributed
+from image_gen.features import MultiScaleFeatures
+from image_gen.guidance import sample_alpha, unconditional_weight
+from image_gen.image_data import ResumableSampler, build_dataset, cache_latents
+from image_gen.loss import feature_drift_loss
+from image_gen.models.encoder import ResNetEncoder
+from image_gen.models.generator import DriftDiT
+from image_gen.queues import SampleQueues
+
+GENERATOR_DIR = "generator"
+
+
+@dataclass
+class DriftBatch:
+    """One step's groups: G classes, N generated per class (noise and style), P positives, U unconditional."""
+
+    labels: Tensor  # [G]
+    alpha: Tensor  # [G]
+    noise: Tensor  # [G*N, *shape], grouped by class
+    style: Tensor  # [G*N, n_style]
+    pos: Tensor  # [G, P, *shape]
+    unc: Optional[Tensor]  # [G, U, *shape] or None (no guidance)
+
+    def to(self, device: torch.device) -> "DriftBatch":
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
+        return DriftBatch(**moved)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The RNG of one step of one process."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + rank) % 2**63)
+
+
+def draw_batch(queues: SampleQueues, model: DriftDiT, cfg: DictConfig, rng: torch.Generator) -> DriftBatch:
+    """Classes, guidance scales, positives, unconditional negatives, noise and style for one step."""
+    b, g = cfg.batch, cfg.guidance
+    labels = queues.sample_classes(b.n_classes, b.n_pos, rng)
+    alpha = sample_alpha(b.n_classes, g.alpha_max, g.power, g.p_one, rng) if b.n_unc else torch.ones(b.n_classes)
+    n = b.n_classes * b.n_gen
+    noise = torch.randn(n, model.channels, model.input_size, model.input_size, generator=rng)
+    style = torch.randint(0, model.style_vocab, (n, model.num_style_tokens), generator=rng)
+    unc = queues.unconditional_negatives(b.n_classes, b.n_unc, rng) if b.n_unc else None
+    return DriftBatch(labels, alpha, noise, style, queues.positives(labels, b.n_pos, rng), unc)
+
+
+def drift_step_loss(model: nn.Module, features: MultiScaleFeatures, batch: DriftBatch,
+                    config: DriftConfig) -> tuple[Tensor, dict[str, float]]:
+    """Generate, embed, and sum the per-feature drift losses of a batch of class groups."""
+    g = len(batch.labels)
+    n = batch.noise.shape[0] // g
+    x = model(batch.noise, batch.labels.repeat_interleave(n), batch.alpha.repeat_interleave(n), batch.style)
+    with torch.no_grad():
+        pos = features(batch.pos.flatten(0, 1).to(x.dtype))
+        unc = features(batch.unc.flatten(0, 1).to(x.dtype)) if batch.unc is not None else None
+    weight = unconditional_weight(batch.alpha, n, batch.unc.shape[1]) if batch.unc is not None else None
+    loss, info = feature_drift_loss(features(x), pos, g, unc, weight, config)
+    return loss, info | {"guidance/alpha": batch.alpha.mean().item()}
+
+
+def build_features(cfg: DictConfig) -> MultiScaleFeatures:
+    """The frozen MAE encoder named by feature.encoder_path (or raw samples only when it is null)."""
+    path = cfg.feature.encoder_path
+    encoder = ResNetEncoder.load(path) if path else None
+    return MultiScaleFeatures(encoder, patch_sizes=cfg.feature.patch_sizes, raw=cfg.feature.raw)
+
+
+def prepare_data(cfg: DictConfig, rank: int) -> torch.utils.data.Dataset:
+    """The training set; a missing latent cache is built once by rank 0 when image_root and vae_path are set."""
+    d = cfg.data
+    if d.name == "latents" and not (Path(d.cache_dir) / "latents.npy").exists() and d.image_root and d.vae_path:
+        if rank == 0:
+            cache_latents(d.image_root, d.vae_path, d.cache_dir, d.image_size,
+                          device="cuda" if torch.cuda.is_available() else "cpu")
+        distributed.barrier()
+    return build_dataset(d)
+
+
+def drift_config(cfg: DictConfig) -> DriftConfig:
+    return DriftConfig(temperatures=tuple(cfg.drift.temperatures), stats_over=cfg.drift.stats_over)
+
+
+def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, float]]] = None) -> Path:
+    """Train until cfg.train.steps, resuming from run_dir's checkpoint; returns the EMA generator directory.
+
+    `evaluate(ema_generator) -> metrics` runs on rank 0 every train.eval_every steps (and at the end).
+    """
+    rank, world, device = distributed.setup()
+    run_dir = Path(cfg.run_dir)
+    data = prepare_data(cfg, rank)
+    shape = tuple(data[0][0].shape)
+    torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every run of this seed
+    generator = DriftDiT(num_classes=cfg.data.num_classes, **cfg.model)
+    if shape != (generator.channels, generator.input_size, generator.input_size):
+        raise ValueError(f"data samples are {shape} but the model makes "
+                         f"{(generator.channels, generator.input_size, generator.input_size)}: "
+                         "set model.channels and model.input_size to match the dataset")
+    generator.to(device)
+    features = build_features(cfg).to(device)
+    ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
+    model = DistributedDataParallel(generator) if world > 1 else generator
+    opt = torch.optim.AdamW(generator.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                            weight_decay=cfg.optim.weight_decay)
+    sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.optim.warmup_steps)
+    queues = SampleQueues(cfg.data.num_classes, shape, cfg.queue.per_class, cfg.queue.unconditional)
+    step, pushed = 0, 0
+    ckpt = load_checkpoint(run_dir) if cfg.train.resume else None
+    if ckpt is not None:
+        generator.load_state_dict(ckpt["generator"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step, pushed = ckpt["step"], ckpt["pushed"]
+        queue_state = load_checkpoint(run_dir / "queues" / f"rank{rank}")
+        if queue_state is not None and queue_state["step"] == step:
+            queues.load_state_dict(queue_state["queues"])  # else the queues refill from the data stream
+    sampler = ResumableSampler(len(data), cfg.seed, rank, world, start=pushed * cfg.queue.push_per_step)
+    loader = iter(DataLoader(data, batch_size=cfg.queue.push_per_step, sampler=sampler, drop_last=True,
+                             num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0))
+    logger = RunLogger(run_dir) if rank == 0 else None
+    if logger and ckpt is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    config, b = drift_config(cfg), cfg.batch
+    t0, last_logged = time.time(), step
+    while step < cfg.train.steps:
+        x, y = next(loader)
+        queues.push(x, y)
+        pushed += 1
+        ready = len(queues.ready_classes(b.n_pos)) >= b.n_classes and queues.unconditional.filled()[0] >= b.n_unc
+        if not distributed.all_true(ready):  # every rank fills its queues before any rank steps
+            continue
+        batch = draw_batch(queues, generator, cfg, step_generator(cfg.seed, step, rank)).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.bf16):
+            loss, info = drift_step_loss(model, features, batch, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(generator.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        ema.update_parameters(generator)
+        step += 1
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            metrics = {"loss/drift": distributed.mean_over_ranks(loss).item(), "loss/grad_norm": grad_norm.item(),
+                       "lr": sched.get_last_lr()[0], "speed/steps_per_s": (step - last_logged) / (time.time() - t0),
+                       **info}
+            t0, last_logged = time.time(), step
+            if logger:
+                logger.log(step, metrics)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            save_checkpoint(run_dir / "queues" / f"rank{rank}", {"step": step, "queues": queues.state_dict()})
+            distributed.barrier()
+            if rank == 0:
+                save_checkpoint(run_dir, {"step": step, "pushed": pushed, "generator": generator.state_dict(),
+                                          "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                                          "scheduler": sched.state_dict()})
+        if logger and evaluate and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
+            logger.log(step, evaluate(ema.module.eval()))
+            ema.module.train()
+    if logger:
+        ema.module.save_pretrained(run_dir / GENERATOR_DIR)
+        logger.plot()
+    distributed.barrier()
+    return run_dir / GENERATOR_DIR

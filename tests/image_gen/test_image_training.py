@@ -1,0 +1,83 @@
+"""Training pieces: queues, guidance weights, one toy run end to end, and exact resume after an interrupt."""
+import json
+
+import pytest
+import torch
+
+from drift_policy.training.checkpoint import load_checkpoint
+from image_gen.guidance import sample_alpha, unconditional_weight
+from image_gen.models.generator import DriftDiT
+from image_gen.queues import SampleQueues
+from image_gen.trainer import train
+
+torch.set_num_threads(1)
+
+
+def test_class_queue_keeps_the_newest_and_samples_without_replacement():
+    q = SampleQueues(num_classes=3, shape=(1,), per_class=4, unconditional=5)
+    q.push(torch.arange(10.0)[:, None], torch.tensor([0] * 6 + [1] * 4))
+    # class 0 received 0..5 and keeps the newest four; the unconditional queue keeps the newest five
+    assert sorted(q.per_class.data[0, :, 0].tolist()) == [2, 3, 4, 5]
+    assert sorted(q.unconditional.data[0, :, 0].tolist()) == [5, 6, 7, 8, 9]
+    draw = q.positives(torch.tensor([0, 1]), 4)
+    assert sorted(draw[0, :, 0].tolist()) == [2, 3, 4, 5] and sorted(draw[1, :, 0].tolist()) == [6, 7, 8, 9]
+    assert q.ready_classes(4).tolist() == [0, 1]  # class 2 has nothing yet
+    unc = q.unconditional_negatives(n_groups=3, n=5)
+    assert all(sorted(u[:, 0].tolist()) == [5, 6, 7, 8, 9] for u in unc)
+    with pytest.raises(ValueError, match="fewer than the 5 requested"):
+        q.positives(torch.tensor([1]), 5)
+    with pytest.raises(ValueError, match="only 2 classes"):
+        q.sample_classes(3, 4)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        q.push(torch.zeros(1, 1), torch.tensor([3]))
+
+
+def test_queue_state_round_trips():
+    q, r = SampleQueues(2, (2,), 3, 4), SampleQueues(2, (2,), 3, 4)
+    q.push(torch.randn(5, 2), torch.tensor([0, 1, 1, 0, 1]))
+    r.load_state_dict(q.state_dict())
+    assert torch.equal(r.per_class.data, q.per_class.data) and torch.equal(r.per_class.count, q.per_class.count)
+
+
+def test_alpha_distribution_matches_the_power_law():
+    gen = torch.Generator().manual_seed(0)
+    a = sample_alpha(200_000, alpha_max=4.0, power=3.0, p_one=0.25, generator=gen).double()
+    assert a.min() >= 1 and a.max() <= 4
+    assert abs((a == 1).double().mean().item() - 0.25) < 0.01
+    tail = a[a > 1]
+    # E[a] for density 2 a^-3 / (1 - 4^-2) on [1, 4]: (2 (1 - 1/4)) / (1 - 1/16) = 1.6
+    assert abs(tail.mean().item() - 1.6) < 0.01
+    with pytest.raises(ValueError, match="power > 1"):
+        sample_alpha(3, power=1.0)
+
+
+def test_guidance_weights_make_the_unconditional_share_of_negatives_one_minus_one_over_alpha():
+    alpha = torch.tensor([1.0, 2.0, 4.0])
+    w = unconditional_weight(alpha, n_gen=64, n_unc=32)
+    assert torch.allclose(w, torch.tensor([0.0, 63 / 32, 3 * 63 / 32]))
+    share = w * 32 / (w * 32 + 63)  # unconditional weight over all negative weight (self pair masked)
+    assert torch.allclose(share, 1 - 1 / alpha)
+    with pytest.raises(ValueError, match="alpha must be >= 1"):
+        unconditional_weight(torch.tensor([0.5]), 4, 4)
+
+
+def test_toy_run_writes_generator_logs_and_checkpoint(toy_config):
+    cfg = toy_config("train.steps=3")
+    out = train(cfg)
+    model = DriftDiT.from_pretrained(out)
+    assert model.sample(torch.tensor([0, 9]), alpha=2.0).shape == (2, 1, 8, 8)
+    rows = [json.loads(line) for line in (out.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss/drift"])) for r in rows)
+    assert (out.parent / "curves.png").exists() and load_checkpoint(out.parent)["step"] == 3
+
+
+def test_resume_after_interrupt_replays_the_uninterrupted_run(toy_config):
+    straight = load_checkpoint(train(toy_config("train.steps=4", run="straight")).parent)
+    train(toy_config("train.steps=2", run="resumed"))  # "killed" after step 2's checkpoint
+    resumed = load_checkpoint(train(toy_config("train.steps=4", run="resumed")).parent)
+    assert resumed["step"] == straight["step"] == 4 and resumed["pushed"] == straight["pushed"]
+    for k, v in straight["generator"].items():
+        assert torch.equal(v, resumed["generator"][k]), k
+    for k, v in straight["ema"].items():
+        assert torch.equal(v, resumed["ema"][k]), k
