@@ -39,4 +39,4 @@ class SequenceSampler:
         """{key: data[key] at windows' steps} -> [B, n, ...], with n = n_steps[key] first steps (default all)."""
         steps = self.indices[np.asarray(windows)]
         n_steps = n_steps or {}
-        return {key: data[key][steps[:, : n_steps.get(key, self.horizon)]] for key in data}
+        return {key: np.take(data[key], steps[:, : n_steps.get(key, self.horizon)], axis=0) for key in data}
