@@ -10,6 +10,7 @@ from gymnasium import spaces
 
 
 def _stacked_space(space: spaces.Box, n: int) -> spaces.Box:
+    """The Box of n stacked samples of `space`."""
     return spaces.Box(np.repeat(space.low[None], n, 0), np.repeat(space.high[None], n, 0), dtype=space.dtype)
 
 

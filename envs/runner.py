@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 
 from envs.multistep import MultiStepWrapper
 
-
-# fork starts a worker in milliseconds where spawn and forkserver re-import the caller's __main__ (torch and
-# all: 10-20 s per run on 2 busy cores); workers only run the env, never torch.
+# fork starts the workers in 0.04 s, where spawn and forkserver re-import the caller's __main__ in each (torch
+# and all: 10-20 s per run, measured on 2 busy cores); the workers only run the env, never torch.
 DEFAULT_CONTEXT = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 class ChunkPolicy(Protocol):
+    """What the runner needs of a policy: reset() per round, predict_action({key: [B, To, ...]}) -> [B, Ta, Da]."""
+
     def reset(self) -> None: ...
     def predict_action(self, obs: dict[str, np.ndarray]) -> Any: ...
 
@@ -36,6 +37,7 @@ class _MakeEnv:
 
 
 def available_cores() -> int:
+    """CPU cores this process may run on (the default number of env workers)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
