@@ -58,6 +58,9 @@ def build_policy(cfg: DictConfig) -> Policy:
     task = cfg.task
     policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
     policy_cfg.pop("name", None)
+    # a task may set encoder defaults (e.g. a CPU-sized ResNet for its cameras); the policy's keys win
+    task_encoder = OmegaConf.to_container(task.obs_encoder, resolve=True) if "obs_encoder" in task else {}
+    policy_cfg["obs_encoder"] = {**task_encoder, **policy_cfg.get("obs_encoder", {})}
     return hydra.utils.instantiate(
         policy_cfg, shape_meta=OmegaConf.to_container(task.shape_meta, resolve=True),
         n_obs_steps=task.n_obs_steps, horizon=task.horizon, n_action_steps=task.n_action_steps,
