@@ -17,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import datasets, transforms
 from tqdm.auto import tqdm
 
+from image_gen import distributed
+
 LATENTS, LABELS, META = "latents.npy", "labels.npy", "meta.json"
 
 
@@ -115,6 +117,17 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     if name == "pixels":
         return image_folder(cfg["image_root"], cfg["image_size"])
     raise ValueError(f"unknown dataset {name!r}; choose digits, latents or pixels")
+
+
+def prepare_dataset(cfg: Mapping[str, Any], rank: int = 0) -> Dataset:
+    """build_dataset, after rank 0 builds a missing latent cache (when image_root and vae_path are set)."""
+    if (cfg["name"] == "latents" and not (Path(cfg["cache_dir"]) / LATENTS).exists()
+            and cfg.get("image_root") and cfg.get("vae_path")):
+        if rank == 0:
+            cache_latents(cfg["image_root"], cfg["vae_path"], cfg["cache_dir"], cfg["image_size"],
+                          device="cuda" if torch.cuda.is_available() else "cpu")
+        distributed.barrier()
+    return build_dataset(cfg)
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):

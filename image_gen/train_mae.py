@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from drift_policy.training.logging import RunLogger
 from image_gen import distributed
-from image_gen.image_data import ResumableSampler, build_dataset
+from image_gen.image_data import ResumableSampler, prepare_dataset
 from image_gen.models.encoder import MAE, ResNetEncoder
 
 
@@ -24,7 +24,7 @@ def train_mae(cfg: DictConfig) -> ResNetEncoder:
     """Train the MAE for cfg.train.steps and save its encoder to cfg.out_dir; returns the encoder."""
     rank, world, device = distributed.setup()
     torch.manual_seed(cfg.seed + rank)
-    data = build_dataset(cfg.data)
+    data = prepare_dataset(cfg.data, rank)
     encoder = ResNetEncoder(in_channels=data[0][0].shape[0], width=cfg.encoder.width, blocks=cfg.encoder.blocks)
     mae = MAE(encoder, patch=cfg.mae.patch, mask_ratio=cfg.mae.mask_ratio, decoder_width=cfg.mae.decoder_width)
     mae = mae.to(device)

@@ -29,7 +29,7 @@ from drift_policy.training.logging import RunLogger
 from image_gen import distributed
 from image_gen.features import MultiScaleFeatures
 from image_gen.guidance import sample_alpha, unconditional_weight
-from image_gen.image_data import ResumableSampler, build_dataset, cache_latents
+from image_gen.image_data import ResumableSampler, prepare_dataset
 from image_gen.loss import feature_drift_loss
 from image_gen.models.encoder import ResNetEncoder
 from image_gen.models.generator import DriftDiT
@@ -92,17 +92,6 @@ def build_features(cfg: DictConfig) -> MultiScaleFeatures:
     return MultiScaleFeatures(encoder, patch_sizes=cfg.feature.patch_sizes, raw=cfg.feature.raw)
 
 
-def prepare_data(cfg: DictConfig, rank: int) -> torch.utils.data.Dataset:
-    """The training set; a missing latent cache is built once by rank 0 when image_root and vae_path are set."""
-    d = cfg.data
-    if d.name == "latents" and not (Path(d.cache_dir) / "latents.npy").exists() and d.image_root and d.vae_path:
-        if rank == 0:
-            cache_latents(d.image_root, d.vae_path, d.cache_dir, d.image_size,
-                          device="cuda" if torch.cuda.is_available() else "cpu")
-        distributed.barrier()
-    return build_dataset(d)
-
-
 def drift_config(cfg: DictConfig) -> DriftConfig:
     return DriftConfig(temperatures=tuple(cfg.drift.temperatures), stats_over=cfg.drift.stats_over)
 
@@ -114,7 +103,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
     """
     rank, world, device = distributed.setup()
     run_dir = Path(cfg.run_dir)
-    data = prepare_data(cfg, rank)
+    data = prepare_dataset(cfg.data, rank)
     shape = tuple(data[0][0].shape)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank and in every run of this seed
     generator = DriftDiT(num_classes=cfg.data.num_classes, **cfg.model)
@@ -129,7 +118,8 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
     opt = torch.optim.AdamW(generator.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
     sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.optim.warmup_steps)
-    queues = SampleQueues(cfg.data.num_classes, shape, cfg.queue.per_class, cfg.queue.unconditional)
+    queues = SampleQueues(cfg.data.num_classes, shape, cfg.queue.per_class, cfg.queue.unconditional,
+                          dtype=getattr(torch, cfg.queue.dtype))
     step, pushed = 0, 0
     ckpt = load_checkpoint(run_dir) if cfg.train.resume else None
     if ckpt is not None:
