@@ -61,8 +61,10 @@ def test_absolute_actions_replay_the_demonstration(generated):
     deviation, success = 0.0, False
     for t, action in enumerate(buffer.data["action"][buffer.episode_slice(0)]):
         deviation = max(deviation, np.linalg.norm(obs["robot0_eef_pos"] - eef[t]))
-        obs, _, success, _, _ = env.step(action)
-    assert success and deviation < 0.005
+        obs, _, terminated, _, _ = env.step(action)
+        success = success or terminated  # the demo's success may come a step early in an open-loop replay
+    assert deviation < 0.005, deviation
+    assert success
 
 
 @pytest.fixture()
