@@ -135,8 +135,11 @@ def test_wrapper_executes_the_chunk_in_turn_and_keeps_the_max_reward(env, demos)
             plain_obs, plain_reward, _, _, plain_info = env.step(action)
             plain.append(plain_obs)
             rewards.append(plain_reward)
-        np.testing.assert_array_equal(obs["keypoint"], [plain[-2]["keypoint"], plain[-1]["keypoint"]])
-        assert reward == max(rewards) and info["coverage"] == plain_info["coverage"]
+        np.testing.assert_allclose(obs["keypoint"], [plain[-2]["keypoint"], plain[-1]["keypoint"]], rtol=0, atol=1e-4)
+        # Two envs agree only to the last bits: gym-pusht unions the block's shapes in the order of a pymunk
+        # set (object addresses), so the coverage area is summed in a different order per process.
+        assert reward == pytest.approx(max(rewards), rel=1e-9)
+        assert info["coverage"] == pytest.approx(plain_info["coverage"], rel=1e-9)
         assert not (terminated or truncated)
     assert wrapped.steps == 112
 

@@ -82,7 +82,10 @@ def test_two_rollouts_in_worker_processes(demos, tmp_path):
                        n_rollouts=2, seed_start=0, n_envs=2, n_videos=1, video_dir=tmp_path)
     result = runner.run(DemoReplay(demos))
 
-    assert result["episodes"] == [_sequential(demos, 0), _sequential(demos, 1)]
+    # Same episodes as in this process; rewards only to the last bits (gym-pusht's coverage sums its shapes in
+    # the order of a pymunk set, which differs between processes).
+    expected = [_sequential(demos, 0), _sequential(demos, 1)]
+    assert result["episodes"] == [{**e, "max_reward": pytest.approx(e["max_reward"], rel=1e-9)} for e in expected]
     first, second = result["episodes"]
     assert first["success"] and first["steps"] == 73 and first["max_reward"] == 1.0  # terminates at coverage > 0.95
     assert not second["success"] and second["steps"] == MAX_STEPS
