@@ -54,6 +54,9 @@ class MultiStepWrapper(gym.Wrapper):
         actions = np.asarray(actions)
         if actions.ndim != 2 or len(actions) == 0:
             raise ValueError(f"expected an action chunk [Ta, Da], got shape {actions.shape}")
+        if np.issubdtype(actions.dtype, np.number) and not np.isfinite(actions).all():
+            bad = int(np.flatnonzero(~np.isfinite(actions).all(axis=1))[0])
+            raise ValueError(f"action chunk row {bad} is {actions[bad].tolist()}: actions must be finite (NaN/inf from the policy?)")
         if self.final is not None:
             return self.final
         rewards, terminated, truncated, success, info = [], False, False, False, {}

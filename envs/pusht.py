@@ -94,7 +94,16 @@ class PushTEnv(gym.Wrapper):
         return self._observe(raw), info
 
     def step(self, action: np.ndarray):
-        raw, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float64))
+        """action: the agent's target position (x, y) in pixels. NaN/inf is refused; a target outside the
+        512 x 512 workspace (the action space) is clipped to its edge, as gymnasium's ClipAction does: the
+        agent is kinematic and passes through the walls, so a target of 1e6 sent it to about (3e5, -3e5)."""
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (2,):
+            raise ValueError(f"Push-T action must be one target position (x, y) of shape (2,), got shape {action.shape}")
+        if not np.isfinite(action).all():
+            raise ValueError(f"Push-T action {action.tolist()} is not finite; the policy produced NaN or inf")
+        action = np.clip(action, self.action_space.low, self.action_space.high)
+        raw, reward, terminated, truncated, info = self.env.step(action)
         info["is_success"] = bool(info["is_success"])
         return self._observe(raw), float(reward), bool(terminated), truncated, info
 

@@ -162,3 +162,21 @@ def test_wrapper_truncates_at_max_episode_steps_and_checks_the_chunk_shape():
     assert wrapped.step(chunk)[3] is True and wrapped.steps == 10
     with pytest.raises(ValueError, match=r"expected an action chunk \[Ta, Da\], got shape \(2,\)"):
         wrapped.step(np.zeros(2))
+
+
+def test_non_finite_actions_are_refused_and_far_targets_clipped_to_the_workspace(env):
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"Push-T action \[nan, 100.0\] is not finite"):
+        env.step(np.array([np.nan, 100.0]))
+    with pytest.raises(ValueError, match=r"one target position \(x, y\) of shape \(2,\), got shape \(8, 2\)"):
+        env.step(np.zeros((8, 2)))
+    for _ in range(30):
+        obs, *_ = env.step(np.array([1e6, -1e6]))
+    np.testing.assert_allclose(obs["agent_pos"], [512, 0], atol=0.1)  # the corner, not (3e5, -3e5)
+    wrapped = MultiStepWrapper(make_pusht_env(), n_obs_steps=2, n_action_steps=8, max_episode_steps=300)
+    wrapped.reset(seed=0)
+    chunk = np.full((8, 2), 200.0)
+    chunk[3, 1] = np.inf
+    with pytest.raises(ValueError, match=r"action chunk row 3 is \[200.0, inf\]: actions must be finite"):
+        wrapped.step(chunk)
+    assert wrapped.steps == 0
