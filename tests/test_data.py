@@ -1,4 +1,5 @@
 """Replay buffer, sequence sampler, dataset and the Push-T reader on the real Push-T demonstrations."""
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,10 @@ def test_load_pusht_images_as_uint8(tmp_path):
     batch = dataset.get_batch(np.arange(3))
     assert batch["obs"]["image"].dtype == torch.uint8 and batch["obs"]["image"].shape == (3, 2, 96, 96, 3)
     assert sorted(dataset.normalizer_data()) == ["action", "agent_pos"]  # images are not normalised
+    chunk = tmp_path / "pusht3.zarr/data/img/0.0.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"pusht3\.zarr is damaged: chunk data/img/0\.0\.0\.0 \(steps 0-419\) cannot be decoded"):
+        load_pusht(tmp_path / "pusht3.zarr", obs_type="image")
 
 
 # --- replay buffer ----------------------------------------------------------------------------------
@@ -212,3 +217,27 @@ def test_from_zarr_errors_name_the_path_the_problem_and_the_fix(tmp_path):
     _store(tmp_path / "keys.zarr", {"x": np.zeros(4)}, [4])
     with pytest.raises(ValueError, match=r"keys\.zarr has no data/img; it has \['x'\]"):
         ReplayBuffer.from_zarr(tmp_path / "keys.zarr", keys=["img"])
+
+
+def _pusht_copy(tmp_path: Path) -> Path:
+    """The real Push-T store without its images (the low-dim arrays and episode ends), file by file."""
+    copy = tmp_path / "pusht.zarr"
+    shutil.copytree(REPO / PUSHT, copy, ignore=lambda folder, names: ["img"] if Path(folder).name == "data" else [])
+    return copy
+
+
+def test_a_deleted_zarr_chunk_is_refused_not_read_as_zeros(tmp_path):
+    copy = _pusht_copy(tmp_path)
+    (copy / "data/action/5.0").unlink()
+    with pytest.raises(ValueError, match=r"pusht\.zarr is incomplete: data/action has 159 of its 160 chunks; "
+                                         r"chunk data/action/5\.0 \(steps 805-965\) is missing, and zarr would read it as zeros"):
+        load_pusht(copy)
+
+
+def test_a_truncated_zarr_chunk_names_the_store_and_chunk(tmp_path):
+    copy = _pusht_copy(tmp_path)
+    chunk = copy / "data/state/3.0"
+    chunk.write_bytes(chunk.read_bytes()[:500])
+    with pytest.raises(ValueError, match=r"pusht\.zarr is damaged: chunk data/state/3\.0 \(steps 483-643\) cannot be "
+                                         r"decoded \(error during blosc decompression"):
+        load_pusht(copy)

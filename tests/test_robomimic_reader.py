@@ -123,3 +123,20 @@ def test_reader_errors_name_the_problem(handmade, tmp_path):
         f["data/demo_0/states"] = np.zeros((3, 5))
     with pytest.raises(ValueError, match="another simulator model"):
         load_robomimic(handmade, abs_action=True)
+
+
+def test_every_demo_is_checked_for_its_keys_and_lengths(handmade):
+    with h5py.File(handmade, "a") as f:
+        del f["data/demo_10/obs/object"]
+    with pytest.raises(ValueError, match=r"robomimic\.hdf5: data/demo_10 has no obs/object; its observation keys are"):
+        load_robomimic(handmade)
+    assert load_robomimic(handmade, obs_keys=["robot0_eef_pos"]).n_episodes == 3  # the keys asked for are all there
+    with h5py.File(handmade, "a") as f:
+        del f["data/demo_2/obs/object"]
+        f["data/demo_2/obs/object"] = f["data/demo_0/obs/object"][:]  # 3 rows for 4 actions: shifted by a step
+    with pytest.raises(ValueError, match=r"data/demo_2/obs/object has 3 steps but data/demo_2/actions has 4"):
+        load_robomimic(handmade, obs_keys=["object"])
+    with h5py.File(handmade, "a") as f:
+        del f["data/demo_2/actions"]
+    with pytest.raises(ValueError, match=r"data/demo_2 needs `actions` and an `obs` group; it has \['obs', 'states'\]"):
+        load_robomimic(handmade, obs_keys=["robot0_eef_pos"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from drift_policy.data.replay_buffer import ReplayBuffer
+from drift_policy.data.replay_buffer import ReplayBuffer, read_array
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OBS_TYPES = ("state", "image")
@@ -43,5 +43,5 @@ def _uint8_images(root: zarr.Group, path: Path) -> np.ndarray:
     images = root["data/img"]
     out = np.empty(images.shape, dtype=np.uint8)
     for start in range(0, len(images), IMAGE_CHUNK):
-        out[start : start + IMAGE_CHUNK] = np.rint(np.clip(images[start : start + IMAGE_CHUNK], 0, 255))
+        out[start : start + IMAGE_CHUNK] = np.rint(np.clip(read_array(images, path, slice(start, start + IMAGE_CHUNK)), 0, 255))
     return out

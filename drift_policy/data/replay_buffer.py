@@ -1,6 +1,7 @@
 """Episodes held in memory as flat arrays plus cumulative episode ends (Diffusion Policy's zarr layout)."""
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -42,8 +43,8 @@ class ReplayBuffer:
         if missing:
             raise ValueError(f"dataset {path} has no data/{missing[0]}; it has {sorted(group.array_keys())}. "
                              "Check the task's observation keys")
-        data = {k: group[k][:] for k in keys}
-        ends = root["meta/episode_ends"][:]
+        data = {k: read_array(group[k], path) for k in keys}
+        ends = read_array(root["meta/episode_ends"], path)
         problem = layout_problem(data, ends)
         if problem:
             raise ValueError(f"dataset {path} is inconsistent: {problem}. Regenerate it, or restore it from git")
@@ -95,6 +96,42 @@ class ReplayBuffer:
 
     def __len__(self) -> int:
         return int(self.episode_ends[-1])
+
+
+def read_array(array: zarr.Array, store: Path, rows: slice = slice(None)) -> np.ndarray:
+    """array[rows], read strictly: zarr silently fills a missing chunk with fill_value and reports a damaged one
+    as a bare codec error, so both are refused here with the store, the array and the chunk named."""
+    restore = "Restore the dataset (git checkout, or regenerate it)"
+    if array.nchunks_initialized != array.nchunks:
+        chunks = itertools.product(*map(range, array.cdata_shape))
+        missing = next(c for c in chunks if array._chunk_key(c) not in array.chunk_store)  # zarr<3 is pinned
+        raise ValueError(f"dataset {store} is incomplete: {array.path} has {array.nchunks_initialized} of its "
+                         f"{array.nchunks} chunks; {_chunk_name(array, missing)} is missing, and zarr would read it "
+                         f"as zeros. {restore}")
+    try:
+        return array[rows]
+    except Exception as err:  # blosc/zstd raise RuntimeError or ValueError naming neither the file nor the chunk
+        first, stop, _ = rows.indices(array.shape[0])
+        size = array.chunks[0]
+        damaged = next((i for i in range(first // size, -(-stop // size)) if not _decodes(array, i)), first // size)
+        raise ValueError(f"dataset {store} is damaged: {_chunk_name(array, (damaged,))} cannot be decoded "
+                         f"({err}). {restore}") from err
+
+
+def _chunk_name(array: zarr.Array, chunk: tuple[int, ...]) -> str:
+    """'chunk data/x/3.0 (steps 300-399)' for a chunk index (its trailing dims default to 0)."""
+    chunk = (*chunk, *[0] * (array.ndim - len(chunk)))
+    start = chunk[0] * array.chunks[0]
+    return f"chunk {array._chunk_key(chunk)} (steps {start}-{min(start + array.chunks[0], array.shape[0]) - 1})"
+
+
+def _decodes(array: zarr.Array, chunk: int) -> bool:
+    """Whether the chunk with first-dim index `chunk` reads without a codec error."""
+    try:
+        array[chunk * array.chunks[0] : (chunk + 1) * array.chunks[0]]
+        return True
+    except Exception:
+        return False
 
 
 def layout_problem(data: Mapping[str, np.ndarray], ends: np.ndarray) -> str | None:

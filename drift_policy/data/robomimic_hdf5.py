@@ -78,6 +78,22 @@ def _absolute(f: h5py.File, path: str | Path, names: list[str], actions: list[np
         env.close()
 
 
+def _check_demos(f: h5py.File, path: str | Path, names: list[str], keys: list[str]) -> None:
+    """Every demo has `actions`, an `obs` group with every key, and one observation row per action."""
+    for name in names:
+        demo = f["data"][name]
+        if "obs" not in demo or "actions" not in demo:
+            raise ValueError(f"{path}: data/{name} needs `actions` and an `obs` group; it has {sorted(demo)}")
+        missing = [k for k in keys if k not in demo["obs"]]
+        if missing:
+            raise ValueError(f"{path}: data/{name} has no obs/{missing[0]}; its observation keys are {sorted(demo['obs'])}")
+        steps = len(demo["actions"])
+        for key in keys:
+            if len(demo["obs"][key]) != steps:
+                raise ValueError(f"{path}: data/{name}/obs/{key} has {len(demo['obs'][key])} steps but data/{name}/actions "
+                                 f"has {steps}; every observation needs its action. Regenerate the dataset")
+
+
 def load_robomimic(path: str | Path, obs_keys: Sequence[str] | None = None, abs_action: bool = False,
                    max_episodes: int | None = None) -> ReplayBuffer:
     """ReplayBuffer with the obs keys (all of the first demo's when None; images uint8 [N, H, W, 3]) and `action`:
@@ -85,12 +101,8 @@ def load_robomimic(path: str | Path, obs_keys: Sequence[str] | None = None, abs_
     with _open(path) as f:
         names = demo_names(f)[:max_episodes]
         first = f["data"][names[0]]
-        if "obs" not in first or "actions" not in first:
-            raise ValueError(f"{path}: data/{names[0]} needs `actions` and an `obs` group")
-        keys = list(first["obs"].keys()) if obs_keys is None else list(obs_keys)
-        missing = [k for k in keys if k not in first["obs"]]
-        if missing:
-            raise ValueError(f"{path} has no obs/{missing[0]}; its observation keys are {sorted(first['obs'])}")
+        keys = list(first["obs"].keys()) if obs_keys is None and "obs" in first else list(obs_keys or [])
+        _check_demos(f, path, names, keys)
         actions = [f["data"][n]["actions"][:].astype(np.float64) for n in names]
         if abs_action:
             actions = _absolute(f, path, names, actions)
