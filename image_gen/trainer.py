@@ -134,7 +134,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
     sampler = ResumableSampler(len(data), cfg.seed, rank, world, start=pushed * cfg.queue.push_per_step)
     loader = iter(DataLoader(data, batch_size=cfg.queue.push_per_step, sampler=sampler, drop_last=True,
                              num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0))
-    logger = RunLogger(run_dir) if rank == 0 else None
+    logger = RunLogger(run_dir, resume_step=step) if rank == 0 else None  # drops rows logged after the checkpoint
     if logger and ckpt is None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
@@ -45,6 +46,7 @@ def test_smoke_run_logs_finite_loss_and_saves_everything(trained):
     for name in ("policy/config.json", "policy/model.safetensors", "policy/normalizer.safetensors",
                  "checkpoints/latest.pt", "curves.png", "config.yaml"):
         assert (trained / name).exists(), name
+    assert not list(trained.glob("*.log")), "hydra's job log file stayed empty; it is switched off"
     assert json.loads((trained / "train_summary.json").read_text())["step"] == 30
 
 
@@ -55,20 +57,37 @@ def test_same_seed_gives_the_same_weights(trained, tmp_path):
 
 
 def test_killed_run_resumes_at_its_checkpoint_and_ends_where_an_unbroken_run_does(trained, tmp_path):
+    """Killed after logging step 15 with its checkpoint at step 10: the resumed run re-logs 15 once."""
     run_dir = tmp_path / "killed"
-    proc = _train(run_dir, "train.num_steps=30", "train.checkpoint_every=5", wait=False)
-    checkpoint = run_dir / "checkpoints" / "latest.pt"
+    proc = _train(run_dir, "train.num_steps=30", "train.checkpoint_every=10", wait=False)
     deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    while 15 not in _metric_steps(run_dir) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(checkpoint, weights_only=False)["step"]
-    assert 0 < killed_at < 30, "the run finished before it could be killed; the test needs a slower run"
-    result = _train(run_dir, "train.num_steps=30", "train.checkpoint_every=5")
+    killed_at = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"]
+    assert killed_at == 10 and _metric_steps(run_dir) == [5, 10, 15], "not killed between step 15 and 20; needs a slower run"
+    result = _train(run_dir, "train.num_steps=30", "train.checkpoint_every=10")
     assert f"Resuming {run_dir} at step {killed_at}" in result.stdout
     for key, value in _weights(trained).items():  # same seed, same data order: same weights as unbroken
         torch.testing.assert_close(_weights(run_dir)[key], value, rtol=0, atol=0)
+    # the rows logged after the checkpoint were dropped, not duplicated: both logs read like the unbroken run's
+    assert _metric_steps(run_dir) == _metric_steps(trained) == [5, 10, 15, 20, 25, 30]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20, 25, 30]
+
+
+def _metric_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path):
+    cmd = [sys.executable, "train_policy.py", f"hydra.run.dir={tmp_path / 'bad'}", *FAST, "train.batch_size=0"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "train.batch_size must be a positive integer, got 0" in result.stderr
+    assert not (tmp_path / "bad").exists()
 
 
 def test_resuming_with_another_config_is_refused(trained, tmp_path):

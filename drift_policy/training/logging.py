@@ -13,12 +13,20 @@ from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 
 class RunLogger:
-    """Appends {step, metrics} records; survives restarts because metrics.jsonl is append-only."""
+    """Appends {step, metrics} records to metrics.jsonl and TensorBoard.
 
-    def __init__(self, run_dir: Path) -> None:
+    A run restarted from its checkpoint at `resume_step` re-logs the steps after it, so those rows are
+    dropped first (the file is rewritten atomically; TensorBoard purges them with purge_step); 0 starts
+    the logs afresh."""
+
+    def __init__(self, run_dir: Path, resume_step: int = 0) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        kept = self.records(until_step=resume_step)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        tmp.replace(self.path)
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         with self.path.open("a") as f:
@@ -27,7 +35,7 @@ class RunLogger:
             self.writer.add_scalar(key, value, step)
 
     def records(self, until_step: int | None = None) -> list[dict]:
-        """All records; after a resume, records past the restored step are dropped from the view."""
+        """The logged records, those up to `until_step` when given."""
         if not self.path.exists():
             return []
         rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

@@ -91,6 +91,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         torch.set_num_threads(int(cfg.num_threads))
     device = torch.device(cfg.device)
     tc = cfg.train
+    for key in ("batch_size", "log_every", "checkpoint_every"):
+        if not isinstance(tc.get(key), int) or tc.get(key) < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {tc.get(key)!r}")
 
     dataset = build_dataset(cfg.task, "train", cfg.seed)
     val_dataset = dataset.val_split()
@@ -117,10 +120,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]
         print(f"Resuming {run_dir} at step {step}")
-    elif (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()  # a fresh start owns the run's logs
 
-    logger = RunLogger(run_dir)
+    logger = RunLogger(run_dir, resume_step=step)  # drops rows logged after the checkpoint (all, on a fresh start)
     OmegaConf.save(cfg, run_dir / "config.yaml")
 
     def checkpoint() -> None:
