@@ -12,6 +12,8 @@ import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from drift_policy.training.logging import RunLogger
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
     "policy.unet.down_dims=[16,32,64]", "train.batch_size=8", "train.warmup_steps=5", "train.log_every=5",
@@ -76,6 +78,14 @@ def test_killed_run_resumes_at_its_checkpoint_and_ends_where_an_unbroken_run_doe
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [5, 10, 15, 20, 25, 30]
+
+
+def test_resumed_log_keeps_rows_up_to_the_checkpoint_and_skips_a_cut_off_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5}\n{"step": 10}\n{"step": 15}\n{"step": 20, "train/lo')
+    logger = RunLogger(tmp_path, resume_step=10)
+    logger.log(15, {"train/loss": 1.0})
+    logger.close()
+    assert _metric_steps(tmp_path) == [5, 10, 15]
 
 
 def _metric_steps(run_dir: Path) -> list[int]:

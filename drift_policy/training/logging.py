@@ -35,10 +35,12 @@ class RunLogger:
             self.writer.add_scalar(key, value, step)
 
     def records(self, until_step: int | None = None) -> list[dict]:
-        """The logged records, those up to `until_step` when given."""
+        """The logged records, those up to `until_step` when given. A last line without its newline is a
+        write cut short by a kill; it is skipped (it was logged after the last checkpoint, so resume redoes it)."""
         if not self.path.exists():
             return []
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        lines = self.path.read_text().splitlines(keepends=True)
+        rows = [json.loads(line) for line in lines if line.endswith("\n") and line.strip()]
         return [r for r in rows if until_step is None or r["step"] <= until_step]
 
     def plot(self, out: Path | None = None) -> Path:
