@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,29 +20,17 @@ def compose_cfg(overrides: Sequence[str]) -> DictConfig:
         return compose("train_policy", overrides=list(overrides))
 
 
-def measured_step_time(overrides: Sequence[str], run_dir: Path, steps: int = 25) -> float:
-    """Seconds per training step of this config on this machine (a short throwaway run)."""
-    cfg = compose_cfg([*overrides, f"train.num_steps={steps}", "train.log_every=5", "train.eval_every=0",
-                       "train.final_eval=false", "train.resume=false", "train.warmup_steps=1"])
-    train(cfg, run_dir)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    times = [r["train/step_time_s"] for r in rows if "train/step_time_s" in r][1:]  # skip the warm-up window
-    return sum(times) / len(times)
-
-
 def train_for_minutes(minutes: float, overrides: Sequence[str], run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Train with the LR schedule sized to the wall-clock budget; returns (policy dir, facts)."""
-    step_time = measured_step_time(overrides, run_dir.with_name(run_dir.name + "_calibration"))
-    num_steps = max(10, math.floor(0.97 * 60 * minutes / step_time))
-    cfg = compose_cfg([*overrides, f"train.num_steps={num_steps}", f"train.max_minutes={minutes}",
+    """Train for a wall-clock budget (the LR schedule ends with it); returns (policy dir, facts)."""
+    cfg = compose_cfg([*overrides, "train.num_steps=null", f"train.max_minutes={minutes}",
                        "train.eval_every=0", "train.final_eval=false", "train.resume=false"])
-    import time
-
-    start = time.monotonic()
     policy_dir = train(cfg, run_dir)
     summary = json.loads((run_dir / "train_summary.json").read_text())
-    return policy_dir, {"train_minutes": (time.monotonic() - start) / 60, "steps": summary["step"],
-                        "planned_steps": num_steps, "step_time_s": step_time}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step_times = [r["train/step_time_s"] for r in rows if "train/step_time_s" in r][1:]  # skip the warm-up window
+    final_lr = [r["train/lr"] for r in rows if "train/lr" in r][-1]
+    return policy_dir, {"train_minutes": summary["train_minutes"], "steps": summary["step"],
+                        "step_time_s": sum(step_times) / max(len(step_times), 1), "final_lr": final_lr}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

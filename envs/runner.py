@@ -10,6 +10,7 @@ from typing import Any, Callable, Protocol
 import gymnasium as gym
 import imageio
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from envs.multistep import MultiStepWrapper
@@ -20,10 +21,11 @@ DEFAULT_CONTEXT = "fork" if sys.platform.startswith("linux") else "spawn"
 
 
 class ChunkPolicy(Protocol):
-    """What the runner needs of a policy: reset() per round, predict_action({key: [B, To, ...]}) -> [B, Ta, Da]."""
+    """What the runner needs of a policy: reset() per round, and predict_action({key: [B, To, ...]}, generator=[one
+    torch.Generator per row]) -> [B, Ta, Da], drawing row i's sampling noise from generator[i] only."""
 
     def reset(self) -> None: ...
-    def predict_action(self, obs: dict[str, np.ndarray]) -> Any: ...
+    def predict_action(self, obs: dict[str, np.ndarray], generator: list[torch.Generator]) -> Any: ...
 
 
 class _MakeEnv:
@@ -44,7 +46,8 @@ def available_cores() -> int:
 class EnvRunner:
     """Runs n_rollouts episodes, seeds seed_start, seed_start + 1, ..., in rounds of n_envs worker processes
     (gymnasium's AsyncVectorEnv; one in-process env when n_envs is 1); episodes of the first n_videos seeds
-    are recorded to MP4 in video_dir. mp_context="spawn" or "forkserver" suits envs that cannot be forked
+    are recorded to MP4 in video_dir. Episode seed s seeds both the env and the policy's sampling noise
+    (a torch.Generator of its own), so an episode's outcome depends only on (policy, s), not on n_envs. mp_context="spawn" or "forkserver" suits envs that cannot be forked
     from the caller (for example one holding a GL context)."""
 
     def __init__(self, env_fn: Callable[[], gym.Env], n_obs_steps: int, n_action_steps: int, max_steps: int,
@@ -52,6 +55,8 @@ class EnvRunner:
                  video_dir: str | Path | None = None, fps: int = 10, mp_context: str = DEFAULT_CONTEXT) -> None:
         if n_rollouts < 1:
             raise ValueError(f"n_rollouts must be >= 1, got {n_rollouts}")
+        if n_envs is not None and n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1 (or None for one per core), got {n_envs}")
         if n_videos and video_dir is None:
             raise ValueError("n_videos > 0 needs a video_dir to write the videos to")
         self.env_fn = env_fn
@@ -88,13 +93,15 @@ class EnvRunner:
         n = self.n_envs
         record = [i < len(seeds) and seeds[i] - self.seeds[0] < self.n_videos for i in range(n)]
         vector.set_attr("recording", record)
-        obs, _ = vector.reset(seed=seeds + [seeds[-1]] * (n - len(seeds)))
+        env_seeds = seeds + [seeds[-1]] * (n - len(seeds))
+        obs, _ = vector.reset(seed=env_seeds)
+        noise = [torch.Generator().manual_seed(seed) for seed in env_seeds]
         policy.reset()
         done, success = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         max_reward, completed = np.zeros(n), np.full(n, -1)
         while not done.all():
             begin = time.perf_counter()
-            actions = policy.predict_action(obs)
+            actions = policy.predict_action(obs, generator=noise)
             latencies.append(1e3 * (time.perf_counter() - begin))
             actions = actions.detach().cpu().numpy() if hasattr(actions, "detach") else np.asarray(actions)
             obs, reward, terminated, truncated, info = vector.step(actions)
@@ -123,13 +130,21 @@ class EnvRunner:
 
     @staticmethod
     def _summary(episodes: list[dict], latencies: list[float], videos: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = {
-            "mean_score": float(np.mean([e["max_reward"] for e in episodes])),  # Diffusion Policy's metric
-            "success_rate": float(np.mean([e["success"] for e in episodes])),  # LeRobot's
-        }
-        completed = [e["num_completed"] for e in episodes if "num_completed" in e]
-        for k in range(1, max(completed, default=0) + 1):  # multi-stage tasks: episodes completing >= k tasks
-            result[f"p{k}"] = float(np.mean([c >= k for c in completed]))
+        result = episode_metrics(episodes)
         result["latency_ms"] = {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))}
         result["episodes"], result["videos"] = episodes, videos
         return result
+
+
+def episode_metrics(episodes: list[dict]) -> dict[str, float]:
+    """mean_score (Diffusion Policy's), success_rate (LeRobot's) and p1..pK for multi-stage tasks (share of
+    episodes completing >= k tasks), each with its standard error (`<name>_se`: sample std / sqrt(n))."""
+    columns = {"mean_score": [e["max_reward"] for e in episodes], "success_rate": [float(e["success"]) for e in episodes]}
+    completed = [e["num_completed"] for e in episodes if "num_completed" in e]
+    for k in range(1, max(completed, default=0) + 1):
+        columns[f"p{k}"] = [float(c >= k) for c in completed]
+    result: dict[str, float] = {}
+    for name, values in columns.items():
+        result[name] = float(np.mean(values))
+        result[f"{name}_se"] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return result

@@ -48,7 +48,7 @@ class DemoReplay:
     def reset(self) -> None:
         self.calls, self.rows = 0, []
 
-    def predict_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def predict_action(self, obs: dict[str, np.ndarray], generator=None) -> np.ndarray:
         if self.calls == 0:
             first = {i: d["state"][0, :2] for i, d in self.demos.items()}
             self.rows = [min(first, key=lambda i: np.abs(first[i] - pos).max()) for pos in obs["agent_pos"][:, -1]]
@@ -107,7 +107,7 @@ class Hold:
     def reset(self) -> None:
         pass
 
-    def predict_action(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+    def predict_action(self, obs: dict[str, np.ndarray], generator=None) -> np.ndarray:
         return np.repeat(obs["agent_pos"][:, -1:], 8, axis=1)
 
 
@@ -127,3 +127,47 @@ def test_runner_argument_errors():
         EnvRunner(make_pusht_env, 2, 8, 300, n_videos=2)
     with pytest.raises(ValueError, match="n_rollouts must be >= 1"):
         EnvRunner(make_pusht_env, 2, 8, 300, n_rollouts=0)
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=f"n_envs must be >= 1 .*got {bad}"):
+            EnvRunner(make_pusht_env, 2, 8, 300, n_envs=bad)
+
+
+def _noise_driven_policy():
+    """A Push-T drift policy whose actions are saturated functions of its sampling noise: the agent darts
+    between workspace corners picked by the noise and pushes the block, so every outcome depends on the noise."""
+    from hydra import compose, initialize_config_dir
+    import torch
+    from drift_policy.training.trainer import build_dataset, build_policy
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base=None):
+        cfg = compose("train_policy", overrides=["policy.unet.down_dims=[16,32,64]", "task.max_steps=64"])
+    torch.manual_seed(0)
+    policy = build_policy(cfg)
+    policy.fit_normalizer(build_dataset(cfg.task).normalizer_data())
+    with torch.no_grad():
+        policy.model.head[-1].weight.mul_(300.0)
+    return policy.eval()
+
+
+def test_an_episode_score_depends_only_on_policy_and_seed_not_on_n_envs():
+    from drift_policy.training.trainer import make_runner
+
+    policy = _noise_driven_policy()
+    task = policy.init_kwargs["task"]
+    scores = {n: [e["max_reward"] for e in make_runner(task, 4, 100000, n_envs=n).run(policy)["episodes"]] for n in (1, 3)}
+    np.testing.assert_allclose(scores[1], scores[3], rtol=0, atol=1e-9)
+    env = make_pusht_env()
+    initial = [min(1.0, env.reset(seed=s)[1]["coverage"] / 0.95) for s in range(100000, 100004)]
+    assert not np.allclose(scores[1], initial, atol=1e-3)  # the policy really pushes the block: the test can fail
+    again = [e["max_reward"] for e in make_runner(task, 2, 100001, n_envs=1).run(policy)["episodes"]]
+    np.testing.assert_allclose(again, scores[1][1:3], rtol=0, atol=1e-9)  # a seed's score does not depend on its position
+
+
+def test_standard_errors_and_stage_rates_of_episode_metrics():
+    from envs.runner import episode_metrics
+
+    episodes = [{"max_reward": r, "success": s, "num_completed": c} for r, s, c in [(1.0, True, 2), (0.5, False, 1), (0.0, False, 0)]]
+    m = episode_metrics(episodes)
+    assert m["mean_score"] == pytest.approx(0.5) and m["mean_score_se"] == pytest.approx(0.5 / np.sqrt(3))
+    assert m["success_rate"] == pytest.approx(1 / 3) and m["success_rate_se"] == pytest.approx(np.std([1, 0, 0], ddof=1) / np.sqrt(3))
+    assert m["p1"] == pytest.approx(2 / 3) and m["p2"] == pytest.approx(1 / 3) and "p3" not in m

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from drift_policy.models import ConditionalUnet1D, ObsEncoder
@@ -21,6 +22,8 @@ from drift_policy.normalizer import Normalizer
 
 CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE = "config.json", "model.safetensors", "normalizer.safetensors"
 ArrayLike = np.ndarray | Tensor
+# One generator for the whole batch, or one per batch row (a rollout per env: its noise depends only on its seed).
+Generators = torch.Generator | list[torch.Generator] | None
 
 
 class Policy(nn.Module):
@@ -70,9 +73,16 @@ class Policy(nn.Module):
         """Training loss on a raw (un-normalised) batch {"obs": {key: [B, To, ...]}, "action": [B, T, Da]}."""
         raise NotImplementedError
 
-    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Normalised action chunks [B, T, Da] for observation features cond [B, C]."""
+    def sample(self, cond: Tensor, generator: Generators = None) -> Tensor:
+        """Normalised action chunks [B, T, Da] for observation features cond [B, C]; a list of generators
+        draws row i's noise from generator[i] only."""
         raise NotImplementedError
+
+    def initial_noise(self, batch: int, device: torch.device, generator: Generators = None) -> Tensor:
+        """Standard normal [B, T, Da], row i drawn from generator[i] when a list is given."""
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch}; pass one per batch row")
+        return randn_tensor((batch, self.horizon, self.action_dim), generator=generator, device=device)
 
     @property
     def nfe(self) -> int:
@@ -89,14 +99,15 @@ class Policy(nn.Module):
         self.normalizer.fit(data)
 
     @torch.inference_mode()
-    def predict_action(self, obs: Mapping[str, ArrayLike], full_chunk: bool = False) -> ArrayLike:
+    def predict_action(self, obs: Mapping[str, ArrayLike], full_chunk: bool = False, generator: Generators = None) -> ArrayLike:
         """Action chunk to execute, in env units: [B, Ta, Da] ([Ta, Da] for an unbatched history).
 
         obs maps every observation key to its history [B, To, ...] or [To, ...] (numpy or torch);
-        full_chunk=True returns all T predicted steps instead of the Ta executed ones.
+        full_chunk=True returns all T predicted steps instead of the Ta executed ones; generator (one, or
+        one per batch row) makes the sampling noise reproducible.
         """
         tensors, batched, as_numpy = self._check_obs(obs)
-        actions = self.normalizer.unnormalize("action", self.sample(self.encode(tensors)))
+        actions = self.normalizer.unnormalize("action", self.sample(self.encode(tensors), generator))
         if not full_chunk:
             start = self.n_obs_steps - 1
             actions = actions[:, start : start + self.n_action_steps]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from torch import Tensor
 
-from drift_policy.policies.base import Policy
+from drift_policy.policies.base import Generators, Policy
 
 
 class DiffusionPolicy(Policy):
@@ -45,8 +45,8 @@ class DiffusionPolicy(Policy):
     def nfe(self) -> int:
         return self.num_inference_steps
 
-    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device, generator=generator)
+    def sample(self, cond: Tensor, generator: Generators = None) -> Tensor:
+        x = self.initial_noise(cond.shape[0], cond.device, generator)
         self.sample_scheduler.set_timesteps(self.num_inference_steps)
         for t in self.sample_scheduler.timesteps:
             eps = self.model(x, cond, t.expand(x.shape[0]).to(cond.device))

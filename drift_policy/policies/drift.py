@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from drift_policy.drift import DriftConfig, drift_loss
-from drift_policy.policies.base import Policy
+from drift_policy.policies.base import Generators, Policy
 
 
 class DriftPolicy(Policy):
@@ -40,8 +40,8 @@ class DriftPolicy(Policy):
     def nfe(self) -> int:
         return 1
 
-    def sample(self, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        noise = torch.randn(cond.shape[0], self.horizon, self.action_dim, device=cond.device, generator=generator)
+    def sample(self, cond: Tensor, generator: Generators = None) -> Tensor:
+        noise = self.initial_noise(cond.shape[0], cond.device, generator)
         return self.model(noise * self.noise_std, cond).clamp(-1.0, 1.0)
 
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:

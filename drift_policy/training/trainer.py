@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import hydra
 import numpy as np
 import torch
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -22,11 +20,12 @@ from drift_policy.data.dataset import PolicyDataset
 from drift_policy.policies import Policy
 from drift_policy.training.checkpoint import load_checkpoint, save_checkpoint
 from drift_policy.training.logging import RunLogger
+from drift_policy.training.schedule import LRSchedule
 from envs.runner import EnvRunner
 
 POLICY_DIR = "policy"
 # Parts of the config that must not change between a run and its resumption.
-IDENTITY_KEYS = ("task", "policy", "seed", "train.batch_size", "train.num_steps", "train.lr")
+IDENTITY_KEYS = ("task", "policy", "seed", "train.batch_size", "train.num_steps", "train.max_minutes", "train.lr")
 
 
 def build_dataset(task: DictConfig, split: str = "train", seed: int = 42) -> PolicyDataset:
@@ -101,10 +100,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     policy.fit_normalizer(dataset.normalizer_data())
     policy.to(device)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    lr_scheduler = get_scheduler(tc.lr_scheduler, optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.num_steps)
+    schedule = LRSchedule(tc.lr, tc.lr_scheduler, tc.warmup_steps, tc.get("num_steps"), tc.get("max_minutes"))
     ema = EMAModel(policy.parameters(), decay=tc.ema.max_decay, use_ema_warmup=True, power=tc.ema.power)
     rng = np.random.default_rng(cfg.seed)
-    step = 0
+    step, train_seconds = 0, 0.0  # train_seconds: wall-clock spent training (periodic evaluations excluded)
 
     state = load_checkpoint(run_dir) if tc.resume else None
     if state is not None:
@@ -114,11 +113,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
                              f"Start a new run with run_name=<new name>, or train.resume=false to overwrite it.")
         policy.load_state_dict(state["policy"])
         optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
         ema.load_state_dict(state["ema"])
         rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
+        step, train_seconds = state["step"], state["train_seconds"]
         print(f"Resuming {run_dir} at step {step}")
 
     logger = RunLogger(run_dir, resume_step=step)  # drops rows logged after the checkpoint (all, on a fresh start)
@@ -127,7 +125,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     def checkpoint() -> None:
         save_checkpoint(run_dir, {
             "step": step, "identity": _identity(cfg), "policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(), "ema": ema.state_dict(), "numpy_rng": rng.bit_generator.state,
+            "train_seconds": train_seconds, "ema": ema.state_dict(), "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         })
 
@@ -150,12 +148,24 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             metrics.update({"eval/mean_score": result["mean_score"], "eval/success_rate": result["success_rate"]})
         return metrics
 
-    deadline = time.monotonic() + 60 * tc.max_minutes if tc.get("max_minutes") else math.inf
+    def log_window() -> None:
+        """Mean loss and step time of the steps since the last log, the LR and budget used."""
+        nonlocal window, step_start
+        seconds = (time.perf_counter() - step_start) / len(window)
+        metrics = {"train/loss": float(np.mean(window)), "train/lr": lr, "train/step_time_s": seconds,
+                   "train/progress": progress, **info}
+        logger.log(step, metrics)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", s_per_step=f"{seconds:.3f}", budget=f"{progress:.0%}")
+        window, step_start = [], time.perf_counter()
+
     policy.train()
-    bar = tqdm(total=tc.num_steps, initial=step, desc="train", dynamic_ncols=True)
+    bar = tqdm(total=tc.get("num_steps"), initial=step, desc="train", dynamic_ncols=True)
     window: list[float] = []
-    step_start = time.perf_counter()
-    while step < tc.num_steps and time.monotonic() < deadline:
+    step_start = clock = time.perf_counter()
+    while (progress := schedule.progress(step, train_seconds + time.perf_counter() - clock)) < 1.0:
+        lr = schedule(step, progress)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         batch = dataset.get_batch(rng.integers(0, len(dataset), size=tc.batch_size))
         loss, info = policy.compute_loss({"obs": _to(batch["obs"], device), "action": batch["action"].to(device)})
         if not torch.isfinite(loss):
@@ -165,34 +175,35 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         if tc.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
         optimizer.step()
-        lr_scheduler.step()
         ema.step(policy.parameters())
         step += 1
         window.append(loss.item())
         bar.update(1)
-        if step % tc.log_every == 0 or step == tc.num_steps:
-            seconds = (time.perf_counter() - step_start) / len(window)
-            metrics = {"train/loss": float(np.mean(window)), "train/lr": lr_scheduler.get_last_lr()[0],
-                       "train/step_time_s": seconds, **info}
-            logger.log(step, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", s_per_step=f"{seconds:.3f}")
-            window, step_start = [], time.perf_counter()
+        if step % tc.log_every == 0:
+            log_window()
         if step % tc.checkpoint_every == 0:
+            now = time.perf_counter()
+            train_seconds, clock = train_seconds + now - clock, now
             checkpoint()
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
+        if tc.eval_every and step % tc.eval_every == 0 and schedule.progress(step, 0.0) < 1.0:
+            train_seconds += time.perf_counter() - clock
             metrics = evaluate()
             logger.log(step, metrics)
             bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
             policy.train()
+            clock = step_start = time.perf_counter()  # the evaluation's time is not training time
+    if window:
+        log_window()
     bar.close()
 
+    train_seconds += time.perf_counter() - clock
     checkpoint()
     policy_dir = ema_policy().save_pretrained(run_dir / POLICY_DIR)
     final = evaluate() if tc.final_eval else {}
     if final:
         logger.log(step, final)
         print("final: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()))
-    (run_dir / "train_summary.json").write_text(json.dumps({"step": step, **final}, indent=2))
+    (run_dir / "train_summary.json").write_text(json.dumps({"step": step, "train_minutes": train_seconds / 60, **final}, indent=2))
     logger.plot()
     logger.close()
     return policy_dir
