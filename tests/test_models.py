@@ -9,7 +9,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from drift_policy.models import ConditionalUnet1D, ObsEncoder
-from drift_policy.models.unet1d import Conv1d
 
 torch.set_num_threads(1)
 PUSHT = Path(__file__).resolve().parents[1] / "data/pusht/pusht_cchi_v7_replay.zarr"
@@ -72,14 +71,6 @@ def test_horizon_must_divide_by_the_down_levels():
         net(torch.randn(1, 10, 2), torch.randn(1, 8))
     with pytest.raises(ValueError, match=r"cond must be \[B, 8\]"):
         net(torch.randn(1, 16, 2), torch.randn(1, 9))
-
-
-@pytest.mark.parametrize("kernel_size, stride, padding", [(5, 1, 2), (1, 1, 0), (3, 2, 1)])
-def test_matmul_conv1d_equals_torch_conv1d(kernel_size, stride, padding):
-    conv = Conv1d(8, 16, kernel_size, stride, padding)
-    x = torch.randn(3, 8, 16)
-    expected = nn.functional.conv1d(x, conv.weight, conv.bias, stride, padding)
-    torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
 
 
 # --- ObsEncoder ----------------------------------------------------------------------------------

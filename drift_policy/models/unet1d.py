@@ -1,5 +1,8 @@
 """1-D temporal U-Net over an action chunk with FiLM conditioning (Diffusion Policy's ConditionalUnet1D
-design, written anew). With time_embed_dim=None it is the one-step drift generator: noise in, chunk out."""
+design, written anew). With time_embed_dim=None it is the one-step drift generator: noise in, chunk out.
+
+Plain nn.Conv1d: re-measured on the 2-core CPU (bench/step_profile.py --conv), an unfold+matmul convolution is 8%
+faster at batch-1 inference but 1.5-1.8x slower to train (fwd+bwd 70 vs 48 ms at 64 chunks, 574 vs 326 ms at 512)."""
 from __future__ import annotations
 
 import math
@@ -10,23 +13,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
-class Conv1d(nn.Conv1d):
-    """nn.Conv1d (same parameters and state dict) computed as one matmul over unfolded windows.
-
-    PyTorch's CPU convolution falls back to a slow im2col kernel for these small 1-D inputs; this form
-    makes the whole U-Net about 1.4x faster on CPU at batch 1 and in training.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        (k,), (p,), (s,) = self.kernel_size, self.padding, self.stride
-        windows = F.pad(x, (p, p)).unfold(2, k, s).transpose(1, 2).flatten(2)  # [B, T_out, C_in * k]
-        return torch.addmm(self.bias, windows.flatten(0, 1), self.weight.flatten(1).t()).view(
-            x.shape[0], -1, self.out_channels).transpose(1, 2)
-
-
 def conv_block(c_in: int, c_out: int, kernel_size: int, n_groups: int) -> nn.Sequential:
     """Conv1d -> GroupNorm -> Mish, length-preserving for odd kernel sizes."""
-    return nn.Sequential(Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
+    return nn.Sequential(nn.Conv1d(c_in, c_out, kernel_size, padding=kernel_size // 2), nn.GroupNorm(n_groups, c_out), nn.Mish())
 
 
 class FiLMResBlock(nn.Module):
@@ -37,7 +26,7 @@ class FiLMResBlock(nn.Module):
         self.conv1 = conv_block(c_in, c_out, kernel_size, n_groups)
         self.conv2 = conv_block(c_out, c_out, kernel_size, n_groups)
         self.film = nn.Linear(cond_dim, 2 * c_out)
-        self.skip = Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         """x [B, C_in, T], cond [B, cond_dim] (already through Mish) -> [B, C_out, T]."""
@@ -86,12 +75,12 @@ class ConditionalUnet1D(nn.Module):
         for level, (c_in, c_out) in enumerate(zip(dims[:-1], dims[1:])):
             last = level == len(down_dims) - 1
             self.down.append(nn.ModuleList([block(c_in, c_out), block(c_out, c_out),
-                                            nn.Identity() if last else Conv1d(c_out, c_out, 3, 2, 1)]))
+                                            nn.Identity() if last else nn.Conv1d(c_out, c_out, 3, 2, 1)]))
         self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
         self.up = nn.ModuleList()
         for c_in, c_out in reversed(list(zip(dims[1:-1], dims[2:]))):  # every up level doubles T back
             self.up.append(nn.ModuleList([block(2 * c_out, c_in), block(c_in, c_in), nn.ConvTranspose1d(c_in, c_in, 4, 2, 1)]))
-        self.head = nn.Sequential(conv_block(down_dims[0], down_dims[0], kernel_size, n_groups), Conv1d(down_dims[0], action_dim, 1))
+        self.head = nn.Sequential(conv_block(down_dims[0], down_dims[0], kernel_size, n_groups), nn.Conv1d(down_dims[0], action_dim, 1))
 
     def forward(self, x: Tensor, cond: Tensor, timestep: Tensor | None = None) -> Tensor:
         self._check_inputs(x, cond, timestep)
