@@ -9,11 +9,16 @@ success) and `env_args(image=False, **kw) -> dict`; both get `task=<name>` as a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Iterator
 
 import h5py
 import numpy as np
@@ -62,6 +67,20 @@ def _write_demo(group: h5py.Group, episode: dict, seed: int) -> None:
         demo.create_dataset(f"obs/{key}", data=value, compression=compression)
 
 
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM (kill, a job scheduler, a closed terminal's shell) raises SystemExit, so
+    cleanup code runs; by default it ends the process on the spot. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def generate(task: str, out: Path, episodes: int, seed: int = 0, image: bool = False) -> dict:
     """Write `episodes` successful expert demonstrations to `out` (atomically); returns attempts, successes,
     success_rate and wall_time_s, also stored in the file's attrs."""
@@ -71,9 +90,9 @@ def generate(task: str, out: Path, episodes: int, seed: int = 0, image: bool = F
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    start, attempts = time.perf_counter(), 0
+    start, attempts, phases = time.perf_counter(), 0, {}
     try:
-        with h5py.File(tmp, "w") as f:
+        with _sigterm_raises(), h5py.File(tmp, "w") as f:
             group = f.create_group("data")
             group.attrs["env_args"] = json.dumps(expert.env_args(image=image, task=task))
             with tqdm(total=episodes, desc=f"{task} expert", unit="demo") as bar:
@@ -83,6 +102,8 @@ def generate(task: str, out: Path, episodes: int, seed: int = 0, image: bool = F
                                            "too few to make the dataset")
                     episode = expert.collect_episode(seed + attempts, image=image, task=task)
                     attempts += 1
+                    for phase, done in episode.get("phases", {}).items():  # optional per-subtask outcomes
+                        phases[phase] = phases.get(phase, 0) + int(done)
                     if episode["success"]:
                         _write_demo(group, episode, seed + attempts - 1)
                         bar.update(1)
@@ -92,7 +113,9 @@ def generate(task: str, out: Path, episodes: int, seed: int = 0, image: bool = F
             group.attrs["total"] = int(sum(group[d].attrs["num_samples"] for d in group))
             for key, value in stats.items():
                 f.attrs[f"expert_{key}"] = value
-    except BaseException:  # an interrupted run leaves no half-written file behind
+            f.attrs["expert_phases"] = json.dumps(phases)
+            stats["phases"] = phases
+    except BaseException:  # an interrupted run (Ctrl-C, SIGTERM, an error) leaves no half-written file behind
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(out)
@@ -111,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     stats = generate(args.task, out, args.episodes, seed=args.seed, image=args.image)
     print(f"{out}: {stats['successes']} demos; expert success {stats['successes']}/{stats['attempts']} = "
           f"{stats['success_rate']:.3f}; {stats['wall_time_s']:.1f} s")
+    if stats["phases"]:
+        print("phases done in all attempts: " + ", ".join(f"{k} {v}/{stats['attempts']}" for k, v in sorted(stats["phases"].items())))
     return stats
 
 

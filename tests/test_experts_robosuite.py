@@ -1,4 +1,9 @@
 """Scripted robosuite experts and data.generate: Lift episodes succeed, vary between seeds, and write robomimic files."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -52,3 +57,16 @@ def test_registry_errors(monkeypatch):
         gen.generate("future_task", "unused.hdf5", episodes=1)
     with pytest.raises(ValueError, match="no scripted robosuite expert for task 'block_push'"):
         collect_episode(0, task="block_push")
+
+
+def test_sigterm_during_generation_leaves_no_temp_file(tmp_path):
+    out = tmp_path / "lift.hdf5"
+    proc = subprocess.Popen([sys.executable, "-m", "data.generate", "--task", "lift", "--episodes", "50", "--out", str(out)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not out.with_name("lift.hdf5.tmp").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "data.generate ended before the signal"
+    proc.terminate()
+    assert proc.wait(timeout=60) != 0  # 143, or 1 when the signal lands inside a C extension's import
+    assert list(tmp_path.iterdir()) == []
