@@ -119,10 +119,19 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
     raise ValueError(f"unknown dataset {name!r}; choose digits, latents or pixels")
 
 
+def _no_latent_cache(cache_dir: str | Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"no latent cache in {cache_dir} and no source to build it from. Name the images and the VAE, and the "
+        "first run encodes them into it: python image_gen/train.py data.image_root=<ImageFolder of training images, "
+        "e.g. /datasets/imagenet/train> data.vae_path=<local diffusers AutoencoderKL folder, e.g. /models/sd-vae-ft-ema>. "
+        "(The CPU toy needs no cache: python image_gen/train.py model=tiny data=digits feature.encoder_path=null)")
+
+
 def prepare_dataset(cfg: Mapping[str, Any], rank: int = 0) -> Dataset:
     """build_dataset, after rank 0 builds a missing latent cache (when image_root and vae_path are set)."""
-    if (cfg["name"] == "latents" and not (Path(cfg["cache_dir"]) / LATENTS).exists()
-            and cfg.get("image_root") and cfg.get("vae_path")):
+    if cfg["name"] == "latents" and not (Path(cfg["cache_dir"]) / LATENTS).exists():
+        if not (cfg.get("image_root") and cfg.get("vae_path")):
+            raise _no_latent_cache(cfg["cache_dir"])
         if rank == 0:
             cache_latents(cfg["image_root"], cfg["vae_path"], cfg["cache_dir"], cfg["image_size"],
                           device="cuda" if torch.cuda.is_available() else "cpu")

@@ -6,6 +6,7 @@ import torch
 
 from drift_policy.training.checkpoint import load_checkpoint
 from image_gen.guidance import sample_alpha, unconditional_weight
+from image_gen.image_data import prepare_dataset
 from image_gen.models.generator import DriftDiT
 from image_gen.queues import SampleQueues
 from image_gen.trainer import train
@@ -81,3 +82,10 @@ def test_resume_after_interrupt_replays_the_uninterrupted_run(toy_config):
         assert torch.equal(v, resumed["generator"][k]), k
     for k, v in straight["ema"].items():
         assert torch.equal(v, resumed["ema"][k]), k
+
+
+def test_a_missing_latent_cache_without_its_source_names_the_command_that_builds_it(tmp_path):
+    data = {"name": "latents", "cache_dir": str(tmp_path / "cache"), "image_root": None, "vae_path": None, "image_size": 256}
+    with pytest.raises(FileNotFoundError, match=r"no latent cache in .*cache and no source to build it from\. .*"
+                                                r"python image_gen/train\.py data\.image_root=<.*> data\.vae_path=<"):
+        prepare_dataset(data)
