@@ -170,6 +170,15 @@ class Policy(nn.Module):
         _atomic(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(self.config, indent=2)))
         return directory
 
+    def export(self, path: str | Path, format: str = "onnx") -> Path:
+        """Write predict_action as one ONNX graph (noise an input) plus a JSON of its interface, for control
+        loops without the training stack; run it with drift_policy.export.OnnxPolicy.load(path)."""
+        if format != "onnx":
+            raise ValueError(f"export format {format!r} is not supported; use format='onnx'")
+        from drift_policy.export import export_onnx  # torch.onnx loads only when exporting
+
+        return export_onnx(self, path)
+
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Policy":
         """Load any saved policy from its directory, with no training config needed."""
