@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{out}: {stats['successes']} demos; expert success {stats['successes']}/{stats['attempts']} = "
           f"{stats['success_rate']:.3f}; {stats['wall_time_s']:.1f} s")
     if stats["phases"]:
-        print("phases done in all attempts: " + ", ".join(f"{k} {v}/{stats['attempts']}" for k, v in sorted(stats["phases"].items())))
+        done = ", ".join(f"{k} {v}/{stats['attempts']}" for k, v in sorted(stats["phases"].items()))
+        print(f"phases done in all attempts: {done}")
     return stats
 
 
