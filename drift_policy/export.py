@@ -45,20 +45,22 @@ def export_onnx(policy: "Policy", path: str | Path) -> Path:
     graph, was_training = _PolicyGraph(policy), policy.training
     example = graph.example_inputs(batch=2)
     names = [*graph.obs_keys, NOISE]
-    # The TorchScript exporter (dynamo=False): torch 2.14's default dynamo exporter needs onnxscript on top of
-    # onnx and produced the same graph here, while tracing needs nothing more and exports an unrolled
-    # DDPM-100 in seconds. Its shape checks inside the models only emit TracerWarnings: the shapes they
-    # check are the exported ones, with the batch size left dynamic.
+    # The TorchScript exporter (dynamo=False, deprecated but present in the pinned torch 2.14): torch's default
+    # dynamo exporter needs onnxscript and onnx-ir besides onnx, and took 9x longer on the unrolled DDIM-10
+    # (493 vs 57 s side by side on this 2-core machine), with the same parity. Tracing's shape checks in the
+    # models only warn (TracerWarning): they hold for the traced shapes, and the batch size stays dynamic.
+    tmp = path.with_name(path.name + ".tmp")
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
             warnings.simplefilter("ignore", category=DeprecationWarning)
             torch.onnx.export(
-                graph.eval(), tuple(example), str(path), dynamo=False, opset_version=OPSET, input_names=names,
+                graph.eval(), tuple(example), str(tmp), dynamo=False, opset_version=OPSET, input_names=names,
                 output_names=[ACTION, CHUNK], dynamic_axes={name: {0: "batch"} for name in [*names, ACTION, CHUNK]},
             )
     finally:
         policy.train(was_training)
+    tmp.replace(path)  # written whole or not at all
     _atomic_json(path.with_suffix(".json"), graph.interface())
     return path
 
