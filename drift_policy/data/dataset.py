@@ -47,6 +47,7 @@ class PolicyDataset(Dataset):
         self.val_ratio, self.max_train_episodes, self.seed = val_ratio, max_train_episodes, seed
         train, val = split_episodes(buffer.n_episodes, val_ratio, max_train_episodes, seed)
         self.episodes = train if split == "train" else val
+        self._neighbor_index: tuple[torch.Tensor, torch.Tensor] | None = None  # built on first neighbor_actions call
         self.sampler = SequenceSampler(buffer.episode_ends, horizon, pad_before=n_obs_steps - 1,
                                        pad_after=n_action_steps - 1, episodes=self.episodes)
         if split == "train" and len(self.sampler) == 0:
@@ -71,6 +72,37 @@ class PolicyDataset(Dataset):
                                      n_steps={k: self.n_obs_steps for k in self.obs_keys})
         tensors = {k: torch.from_numpy(v) for k, v in sample.items()}
         return {"obs": {k: tensors[k] for k in self.obs_keys}, "action": tensors["action"]}
+
+    def neighbor_actions(self, indices: np.ndarray, k: int) -> torch.Tensor:
+        """Action chunks [B, k, T, Da] of the k windows of OTHER episodes whose low-dim observation histories are
+        nearest (L2 after per-dimension min-max scaling) to each window's: extra positives for a drift group, since
+        near-identical observations in other demonstrations show other valid ways to act."""
+        if self._neighbor_index is None:
+            self._neighbor_index = self._build_neighbor_index()
+        features, episode = self._neighbor_index
+        indices = torch.as_tensor(np.asarray(indices, dtype=np.int64))
+        distances = torch.cdist(features[indices], features)  # [B, N]; 64 x 25k x 40 on Push-T: about 2 ms
+        distances[episode[indices][:, None] == episode[None, :]] = torch.inf
+        nearest = distances.topk(k, dim=1, largest=False).indices  # [B, k]
+        return self.get_batch(nearest.flatten().numpy())["action"].view(len(indices), k, self.horizon, -1)
+
+    def _build_neighbor_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled low-dim observation histories of every window [N, To * D] and each window's episode [N]."""
+        low_dim = [k for k in self.obs_keys if self.buffer.data[k].dtype != np.uint8]
+        if not low_dim:
+            raise ValueError("extra positives need low-dim observation keys to find neighbours; this task has only images")
+        if len(self.episodes) < 2:
+            raise ValueError("extra positives come from other episodes; this split has a single episode")
+        obs = self.sampler.sample({k: self.buffer.data[k] for k in low_dim}, np.arange(len(self)),
+                                  n_steps={k: self.n_obs_steps for k in low_dim})
+        parts = []
+        for key in low_dim:
+            data = self.buffer.data[key].astype(np.float32)
+            span = np.maximum(data.max(axis=0) - data.min(axis=0), 1e-6)
+            parts.append((obs[key].astype(np.float32) / span).reshape(len(self), -1))
+        window_starts = self.sampler.indices[:, 0]
+        episode = np.searchsorted(self.buffer.episode_ends, window_starts, side="right")
+        return torch.from_numpy(np.concatenate(parts, axis=1)), torch.from_numpy(episode)
 
     def __getitem__(self, index: int) -> dict:
         batch = self.get_batch(np.array([index]))

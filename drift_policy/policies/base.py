@@ -32,6 +32,7 @@ class Policy(nn.Module):
     registry: ClassVar[dict[str, type["Policy"]]] = {}
     policy_type: ClassVar[str]
     uses_timestep: ClassVar[bool]  # whether the U-Net gets a diffusion-step input
+    extra_positives: int = 0  # training batches carry "neighbor_action" [B, k, T, Da] when k > 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -12,7 +12,8 @@ from drift_policy.policies.base import Generators, Policy
 
 class DriftPolicy(Policy):
     """Trained with the drift loss: per observation (one group), `n_generated` chunks are the
-    negatives and the demonstrated chunk is the positive, on the raw normalised actions."""
+    negatives and the demonstrated chunk is the positive, on the raw normalised actions; with
+    extra_positives=k the chunks of the k nearest observations of other demos are positives too."""
 
     policy_type = "drift"
     uses_timestep = False
@@ -24,6 +25,7 @@ class DriftPolicy(Policy):
         drift_on: Literal["chunk", "timestep"] = "chunk",
         drift: Mapping[str, Any] | None = None,
         noise_std: float = 1.0,
+        extra_positives: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -33,8 +35,12 @@ class DriftPolicy(Policy):
             raise ValueError(f"drift_on must be 'chunk' (one T*Da vector) or 'timestep' (T vectors of Da), got {drift_on!r}")
         drift = dict(drift or {})
         self.drift_config = DriftConfig(**{**drift, "temperatures": tuple(drift.get("temperatures", DriftConfig.temperatures))})
+        if extra_positives < 0:
+            raise ValueError(f"extra_positives must be >= 0, got {extra_positives}")
         self.n_generated, self.drift_on, self.noise_std = n_generated, drift_on, noise_std
-        self.init_kwargs.update(n_generated=n_generated, drift_on=drift_on, drift=drift, noise_std=noise_std)
+        self.extra_positives = extra_positives
+        self.init_kwargs.update(n_generated=n_generated, drift_on=drift_on, drift=drift, noise_std=noise_std,
+                                extra_positives=extra_positives)
 
     @property
     def nfe(self) -> int:
@@ -48,12 +54,17 @@ class DriftPolicy(Policy):
         cond = self.encode(batch["obs"])  # [B, C]
         target = self.normalizer.normalize("action", batch["action"])  # [B, T, Da]
         b, t, da, g = *target.shape, self.n_generated
+        positives = target[:, None]  # [B, P, T, Da]
+        if self.extra_positives:
+            neighbors = self.normalizer.normalize("action", batch["neighbor_action"])  # [B, k, T, Da]
+            positives = torch.cat([positives, neighbors], dim=1)
         noise = torch.randn(b * g, t, da, device=cond.device) * self.noise_std
         gen = self.model(noise, cond.repeat_interleave(g, dim=0)).view(b, g, t, da)
+        p = positives.shape[1]
         if self.drift_on == "chunk":  # one group per observation, samples are whole chunks
-            gen, pos = gen.reshape(b, g, t * da), target.reshape(b, 1, t * da)
+            gen, pos = gen.reshape(b, g, t * da), positives.reshape(b, p, t * da)
         else:  # one group per (observation, time step), samples are single actions
-            gen, pos = gen.permute(0, 2, 1, 3).reshape(b * t, g, da), target.reshape(b * t, 1, da)
+            gen, pos = gen.permute(0, 2, 1, 3).reshape(b * t, g, da), positives.permute(0, 2, 1, 3).reshape(b * t, p, da)
         out = drift_loss(gen, pos, config=self.drift_config)
         info = {f"drift/{k}": float(v) for k, v in out.info.items()}
         return out.loss, info

@@ -166,8 +166,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         lr = schedule(step, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = dataset.get_batch(rng.integers(0, len(dataset), size=tc.batch_size))
-        loss, info = policy.compute_loss({"obs": _to(batch["obs"], device), "action": batch["action"].to(device)})
+        indices = rng.integers(0, len(dataset), size=tc.batch_size)
+        batch = dataset.get_batch(indices)
+        batch = {"obs": _to(batch["obs"], device), "action": batch["action"].to(device)}
+        if policy.extra_positives:
+            batch["neighbor_action"] = dataset.neighbor_actions(indices, policy.extra_positives).to(device)
+        loss, info = policy.compute_loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the dataset for NaN")
         optimizer.zero_grad(set_to_none=True)
