@@ -3,7 +3,7 @@ U-Net forward and the drift field), backward, optimiser, EMA. Median ms over tim
 
     python bench/step_profile.py                                  # drift and diffusion, default configs
     python bench/step_profile.py --arms "drift=policy=drift policy.n_generated=4" "drift32=policy=drift train.batch_size=32"
-    python bench/step_profile.py --conv                           # also nn.Conv1d vs an unfold+matmul Conv1d
+    python bench/step_profile.py --conv [--compile]               # also nn.Conv1d vs an unfold+matmul Conv1d (vs torch.compile)
 
 Run it alone on the machine (`flock /tmp/cpu.lock chrt -f 10 python bench/step_profile.py`): other jobs,
 even niced ones, stretch torch's multi-threaded kernels.
@@ -104,15 +104,18 @@ class MatmulConv1d(nn.Conv1d):
             x.shape[0], -1, self.out_channels).transpose(1, 2)
 
 
-def conv_comparison(steps: int) -> list[dict]:
-    """Default drift U-Net (Push-T shapes): training fwd+bwd and inference, nn.Conv1d vs MatmulConv1d."""
+def conv_comparison(steps: int, compile: bool) -> list[dict]:
+    """Default drift U-Net (Push-T shapes): training fwd+bwd and inference, nn.Conv1d vs MatmulConv1d
+    (and nn.Conv1d under torch.compile when asked)."""
     rows = []
-    for name, conv in (("nn.Conv1d", nn.Conv1d), ("unfold+matmul", MatmulConv1d)):
+    variants = [("nn.Conv1d", nn.Conv1d, False), ("unfold+matmul", MatmulConv1d, False)]
+    for name, conv, compiled in variants + ([("nn.Conv1d, torch.compile", nn.Conv1d, True)] if compile else []):
         torch.manual_seed(0)
         model = unet1d.ConditionalUnet1D(2, 40, time_embed_dim=None)
         for module in model.modules():
             if type(module) is nn.Conv1d:
                 module.__class__ = conv  # same parameters, other forward
+        model = torch.compile(model) if compiled else model
         row = {"conv": name}
         for batch in (64, 512):
             x, c = torch.randn(batch, 16, 2), torch.randn(batch, 40)
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--conv", action="store_true", help="also compare the two Conv1d implementations")
+    parser.add_argument("--compile", action="store_true", help="with --conv: also time the U-Net under torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,7 +143,7 @@ def main() -> None:
     keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
     print(markdown_table([{k: r.get(k, "-") for k in keys} for r in rows]))
     if args.conv:
-        print(markdown_table(conv_comparison(args.steps)))
+        print(markdown_table(conv_comparison(args.steps, args.compile)))
 
 
 if __name__ == "__main__":
