@@ -55,6 +55,8 @@ def _write_demo(group: h5py.Group, episode: dict, seed: int) -> None:
     demo = group.create_group(f"demo_{len(group)}")
     demo.attrs["num_samples"] = len(actions)
     demo.attrs["seed"] = seed
+    if "order" in episode:  # the mode of a multimodal task's demo (push or task order), for mode-balance reports
+        demo.attrs["order"] = json.dumps(list(episode["order"]))
     demo.create_dataset("actions", data=actions)
     demo.create_dataset("states", data=np.asarray(episode["states"]))
     rewards = np.zeros(len(actions))

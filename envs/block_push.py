@@ -74,7 +74,9 @@ def _yaw(quat: np.ndarray) -> float:
 class BlockPushEnv(gym.Env):
     """Dict observations {"block_poses" [6], "effector_pos" [2], "target_poses" [6]} ((x, y, yaw) per block and
     target, metres/radians), optionally "image" uint8 [H, W, 3] from a top camera; the action is the pusher's
-    target xy (absolute, metres). reward = blocks in targets / 2; info: is_success, num_completed."""
+    target xy (absolute, metres). reward = blocks in targets / 2; info: is_success, num_completed and completed,
+    the episode's push order so far ("block{b}->target{t}" in the order the blocks first entered a free target,
+    the task's mode: 2 orders x 2 assignments)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     STATE_DIM = 7 + 7 + 2 + 6 + 6 + 2 + 6  # qpos, qvel (blocks, pusher), target poses
@@ -95,6 +97,7 @@ class BlockPushEnv(gym.Env):
             obs["image"] = spaces.Box(0, 255, shape=(render_size, render_size, 3), dtype=np.uint8)
         self.observation_space = spaces.Dict(obs)
         self.steps = 0
+        self.completed: list[tuple[int, int]] = []  # (block, target) pairs in the order they happened
 
     # ---- state -------------------------------------------------------------------------------------
     def target_poses(self) -> np.ndarray:
@@ -139,6 +142,13 @@ class BlockPushEnv(gym.Env):
         """Blocks in distinct targets (0, 1 or 2)."""
         return block_in_targets(self.block_xy(), self.target_poses()[:, :2])
 
+    def _record_entries(self) -> None:
+        """Append (block, target) the first time a block sits in a target that no earlier block entered."""
+        inside = np.linalg.norm(self.block_xy()[:, None] - self.target_poses()[None, :, :2], axis=-1) < GOAL_TOLERANCE
+        for block, target in zip(*np.nonzero(inside)):
+            if all(block != b and target != t for b, t in self.completed):
+                self.completed.append((int(block), int(target)))
+
     def _observe(self) -> dict[str, np.ndarray]:
         blocks = [[*self.data.qpos[7 * i:7 * i + 2], _yaw(self.data.qpos[7 * i + 3:7 * i + 7])] for i in range(2)]
         obs = {"block_poses": np.asarray(blocks, dtype=np.float32).reshape(-1),
@@ -150,14 +160,14 @@ class BlockPushEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         done = self.num_completed()
-        return {"is_success": done == 2, "num_completed": done}
+        return {"is_success": done == 2, "num_completed": done, "completed": [f"block{b}->target{t}" for b, t in self.completed]}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Random layout from the seed, or options={"state": get_state() output} to restore one."""
         super().reset(seed=seed)
         state = (options or {}).get("state")
         self.set_state(self._sample_state() if state is None else state)
-        self.steps = 0
+        self.steps, self.completed = 0, []
         return self._observe(), self._info()
 
     def step(self, action: np.ndarray):
@@ -167,6 +177,7 @@ class BlockPushEnv(gym.Env):
         self.data.ctrl[:] = here + move * min(1.0, MAX_MOVE / max(np.linalg.norm(move), 1e-9))
         mujoco.mj_step(self.model, self.data, nstep=self.frame_skip)
         self.steps += 1
+        self._record_entries()
         info = self._info()
         return self._observe(), info["num_completed"] / 2, info["is_success"], self.steps >= self.max_steps, info
 

@@ -99,6 +99,7 @@ class EnvRunner:
         policy.reset()
         done, success = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         max_reward, completed = np.zeros(n), np.full(n, -1)
+        orders: list[list[str] | None] = [None] * n  # info["completed"]: the tasks/pushes done, in order (multimodal tasks)
         while not done.all():
             begin = time.perf_counter()
             actions = policy.predict_action(obs, generator=noise)
@@ -110,6 +111,9 @@ class EnvRunner:
             success[live] |= np.asarray(info["is_success"], dtype=bool)[live]
             if "num_completed" in info:
                 completed[live] = np.maximum(completed[live], np.asarray(info["num_completed"], dtype=int)[live])
+            if "completed" in info:
+                for i in np.flatnonzero(live):
+                    orders[i] = list(info["completed"][i])
             done |= terminated | truncated
         steps = vector.get_attr("steps")
         frames = vector.call("pop_frames") if any(record) else [[] for _ in range(n)]
@@ -118,6 +122,8 @@ class EnvRunner:
             episode = {"seed": seed, "max_reward": float(max_reward[i]), "success": bool(success[i]), "steps": int(steps[i])}
             if completed[i] >= 0:
                 episode["num_completed"] = int(completed[i])
+            if orders[i] is not None:
+                episode["order"] = orders[i]
             episodes.append(episode)
         return episodes, list(frames[: len(seeds)])
 

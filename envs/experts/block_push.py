@@ -89,7 +89,8 @@ def env_args(image: bool = False, **kw: Any) -> dict[str, Any]:
 
 def collect_episode(seed: int, image: bool = False, **kw: Any) -> dict[str, Any]:
     """One expert episode from the env's layout for `seed`: obs (key -> [T, ...]), actions [T, 2],
-    states [T, 36], rewards [T], success, num_completed and order (the "block->target" pushes in turn)."""
+    states [T, 36], rewards [T], success, num_completed, plan (the "block->target" pushes it meant to make, in turn)
+    and order (the pushes as the env counted them: its info["completed"], the episode's mode)."""
     env = BlockPushEnv(**env_args(image, **kw)["env_kwargs"])
     expert = BlockPushExpert(np.random.default_rng(seed))
     obs, info = env.reset(seed=seed)
@@ -108,4 +109,5 @@ def collect_episode(seed: int, image: bool = False, **kw: Any) -> dict[str, Any]
     env.close()
     return {"obs": {k: np.stack(v) for k, v in frames.items()}, "actions": np.stack(actions), "states": np.stack(states),
             "rewards": np.asarray(rewards, dtype=np.float32), "success": bool(info["is_success"]),
-            "num_completed": int(info["num_completed"]), "order": [f"block{b}->target{t}" for b, t in expert.plan]}
+            "num_completed": int(info["num_completed"]), "plan": [f"block{b}->target{t}" for b, t in expert.plan],
+            "order": list(info["completed"])}
