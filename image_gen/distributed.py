@@ -7,13 +7,21 @@ import torch
 import torch.distributed as dist
 
 
-def setup() -> tuple[int, int, torch.device]:
-    """Join the process group when launched by torchrun; returns (rank, world_size, device)."""
+def setup(device: str = "auto") -> tuple[int, int, torch.device]:
+    """Join the process group when launched by torchrun; returns (rank, world_size, device).
+
+    device: "auto" (CUDA when available), "cuda" or "cpu".
+    """
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be auto, cuda or cpu, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but torch sees no CUDA GPU; use device=cpu (or auto)")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if torch.cuda.is_available():
+    if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)

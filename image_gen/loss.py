@@ -24,11 +24,13 @@ def feature_drift_loss(
     unc: Optional[dict[str, Tensor]] = None,
     unc_weight: Optional[Tensor] = None,
     config: DriftConfig = DriftConfig(),
+    chunk_groups: Optional[int] = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Sum over features of drift_loss(gen, pos, unc negatives weighted per class).
 
     gen/pos/unc map a feature name to [G*N, L, C] / [G*P, L, C] / [G*U, L, C], samples ordered by
-    class group; unc_weight is [G]. Every feature gets its own distance scale and force RMS.
+    class group; unc_weight is [G]. Every feature gets its own distance scale and force RMS. The drift
+    field of a feature's G*L groups is computed chunk_groups groups at a time (None: all at once).
     """
     total = torch.zeros((), device=next(iter(gen.values())).device)
     raw = torch.zeros(len(config.temperatures))
@@ -38,7 +40,8 @@ def feature_drift_loss(
         if unc is not None:
             neg = fold_locations(unc[name], n_groups)
             weight = unc_weight.repeat_interleave(length)[:, None]
-        out = drift_loss(fold_locations(g, n_groups), fold_locations(pos[name], n_groups), neg, weight, config)
+        out = drift_loss(fold_locations(g, n_groups), fold_locations(pos[name], n_groups), neg, weight, config,
+                         chunk_groups)
         total = total + out.loss
         raw += out.raw_drift.detach().cpu()
     info = {f"drift/raw_tau{t:g}": (r / len(gen)).item() for t, r in zip(config.temperatures, raw)}

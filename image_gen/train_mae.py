@@ -22,10 +22,11 @@ from image_gen.models.encoder import MAE, ResNetEncoder
 
 def train_mae(cfg: DictConfig) -> ResNetEncoder:
     """Train the MAE for cfg.train.steps and save its encoder to cfg.out_dir; returns the encoder."""
-    rank, world, device = distributed.setup()
+    rank, world, device = distributed.setup(cfg.device)
     torch.manual_seed(cfg.seed + rank)
     data = prepare_dataset(cfg.data, rank)
-    encoder = ResNetEncoder(in_channels=data[0][0].shape[0], width=cfg.encoder.width, blocks=cfg.encoder.blocks)
+    encoder = ResNetEncoder(in_channels=data[0][0].shape[0], width=cfg.encoder.width, blocks=cfg.encoder.blocks,
+                            stem_stride=cfg.encoder.stem_stride)
     mae = MAE(encoder, patch=cfg.mae.patch, mask_ratio=cfg.mae.mask_ratio, decoder_width=cfg.mae.decoder_width)
     mae = mae.to(device)
     model = DistributedDataParallel(mae) if world > 1 else mae

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from drift_policy.drift import DriftConfig
 from drift_policy.training.checkpoint import load_checkpoint, save_checkpoint
@@ -71,8 +72,8 @@ def draw_batch(queues: SampleQueues, model: DriftDiT, cfg: DictConfig, rng: torc
     return DriftBatch(labels, alpha, noise, style, queues.positives(labels, b.n_pos, rng), unc)
 
 
-def drift_step_loss(model: nn.Module, features: MultiScaleFeatures, batch: DriftBatch,
-                    config: DriftConfig) -> tuple[Tensor, dict[str, float]]:
+def drift_step_loss(model: nn.Module, features: MultiScaleFeatures, batch: DriftBatch, config: DriftConfig,
+                    chunk_groups: Optional[int] = None) -> tuple[Tensor, dict[str, float]]:
     """Generate, embed, and sum the per-feature drift losses of a batch of class groups."""
     g = len(batch.labels)
     n = batch.noise.shape[0] // g
@@ -81,7 +82,7 @@ def drift_step_loss(model: nn.Module, features: MultiScaleFeatures, batch: Drift
         pos = features(batch.pos.flatten(0, 1).to(x.dtype))
         unc = features(batch.unc.flatten(0, 1).to(x.dtype)) if batch.unc is not None else None
     weight = unconditional_weight(batch.alpha, n, batch.unc.shape[1]) if batch.unc is not None else None
-    loss, info = feature_drift_loss(features(x), pos, g, unc, weight, config)
+    loss, info = feature_drift_loss(features(x), pos, g, unc, weight, config, chunk_groups)
     return loss, info | {"guidance/alpha": batch.alpha.mean().item()}
 
 
@@ -101,7 +102,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
 
     `evaluate(ema_generator) -> metrics` runs on rank 0 every train.eval_every steps (and at the end).
     """
-    rank, world, device = distributed.setup()
+    rank, world, device = distributed.setup(cfg.device)
     run_dir = Path(cfg.run_dir)
     data = prepare_dataset(cfg.data, rank)
     shape = tuple(data[0][0].shape)
@@ -113,11 +114,15 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
                          "set model.channels and model.input_size to match the dataset")
     generator.to(device)
     features = build_features(cfg).to(device)
+    generator.checkpointing = cfg.train.checkpointing
+    if features.encoder is not None:
+        features.encoder.checkpointing = cfg.train.checkpointing
     ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema_decay), use_buffers=True)
     model = DistributedDataParallel(generator) if world > 1 else generator
     opt = torch.optim.AdamW(generator.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
-    sched = get_scheduler("constant_with_warmup", opt, num_warmup_steps=cfg.optim.warmup_steps)
+    sched = get_scheduler(cfg.optim.schedule, opt, num_warmup_steps=cfg.optim.warmup_steps,
+                          num_training_steps=cfg.train.steps)
     queues = SampleQueues(cfg.data.num_classes, shape, cfg.queue.per_class, cfg.queue.unconditional,
                           dtype=getattr(torch, cfg.queue.dtype))
     step, pushed = 0, 0
@@ -140,6 +145,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     config, b = drift_config(cfg), cfg.batch
     t0, last_logged = time.time(), step
+    bar = tqdm(total=cfg.train.steps, initial=step, desc="drift", disable=rank != 0)
     while step < cfg.train.steps:
         x, y = next(loader)
         queues.push(x, y)
@@ -149,7 +155,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
             continue
         batch = draw_batch(queues, generator, cfg, step_generator(cfg.seed, step, rank)).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.bf16):
-            loss, info = drift_step_loss(model, features, batch, config)
+            loss, info = drift_step_loss(model, features, batch, config, cfg.drift.chunk_groups)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(generator.parameters(), cfg.optim.grad_clip)
@@ -157,6 +163,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
         sched.step()
         ema.update_parameters(generator)
         step += 1
+        bar.update()
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             metrics = {"loss/drift": distributed.mean_over_ranks(loss).item(), "loss/grad_norm": grad_norm.item(),
                        "lr": sched.get_last_lr()[0], "speed/steps_per_s": (step - last_logged) / (time.time() - t0),
@@ -174,6 +181,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
         if logger and evaluate and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
             logger.log(step, evaluate(ema.module.eval()))
             ema.module.train()
+    bar.close()
     if logger:
         ema.module.save_pretrained(run_dir / GENERATOR_DIR)
         logger.plot()

@@ -1,4 +1,5 @@
 """The drift field and loss: one pure module shared by the policies and image_gen."""
-from drift_policy.drift.field import DriftConfig, DriftOutput, compute_drift, drift_field, drift_loss, pairwise_l2
+from drift_policy.drift.field import (DriftConfig, DriftOutput, chunked_drift, compute_drift, drift_field, drift_loss,
+                                      pairwise_l2)
 
-__all__ = ["DriftConfig", "DriftOutput", "compute_drift", "drift_field", "drift_loss", "pairwise_l2"]
+__all__ = ["DriftConfig", "DriftOutput", "chunked_drift", "compute_drift", "drift_field", "drift_loss", "pairwise_l2"]

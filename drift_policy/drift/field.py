@@ -163,15 +163,52 @@ def compute_drift(
     return drift_field(gen, pos, negatives, weights, config, self_negatives=True)
 
 
+def chunked_drift(
+    gen: Tensor,
+    pos: Tensor,
+    neg: Optional[Tensor] = None,
+    neg_weight: Optional[Tensor] = None,
+    config: DriftConfig = DriftConfig(),
+    chunk_groups: Optional[int] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """compute_drift over chunks of at most chunk_groups groups, concatenated (None: all groups at once).
+
+    V needs no autograd graph, so only one chunk's [n_tau, G, N, T] kernel tensors are alive at a time.
+    Exact for per-group statistics; statistics shared over the batch would differ per chunk, so refused.
+    """
+    g = gen.shape[0]
+    if chunk_groups is None or chunk_groups >= g:
+        return compute_drift(gen, pos, neg, neg_weight, config)
+    if chunk_groups < 1:
+        raise ValueError(f"chunk_groups must be a positive number of groups or None, got {chunk_groups}")
+    if config.stats_over != "group":
+        raise ValueError("drift chunked over groups needs stats_over='group' (batch statistics span every chunk); "
+                         "set chunk_groups=None to use stats_over='batch'")
+    if neg is not None and neg_weight is not None:
+        neg_weight = torch.as_tensor(neg_weight, device=gen.device).expand(g, neg.shape[1])
+    parts = [
+        compute_drift(gen[i:i + chunk_groups], pos[i:i + chunk_groups],
+                      None if neg is None else neg[i:i + chunk_groups],
+                      None if neg is None or neg_weight is None else neg_weight[i:i + chunk_groups], config)
+        for i in range(0, g, chunk_groups)
+    ]
+    v, input_scale, raw, s = zip(*parts)
+    return torch.cat(v), torch.cat(input_scale), torch.cat(raw, dim=1), torch.cat(s)
+
+
 def drift_loss(
     gen: Tensor,
     pos: Tensor,
     neg: Optional[Tensor] = None,
     neg_weight: Optional[Tensor] = None,
     config: DriftConfig = DriftConfig(),
+    chunk_groups: Optional[int] = None,
 ) -> DriftOutput:
-    """mean((x - stopgrad(x + V))^2) in scaled units, per group then averaged; grads reach gen only."""
-    v, input_scale, raw, s = compute_drift(gen, pos, neg, neg_weight, config)
+    """mean((x - stopgrad(x + V))^2) in scaled units, per group then averaged; grads reach gen only.
+
+    chunk_groups bounds the memory of V's computation (see chunked_drift); the loss is the same.
+    """
+    v, input_scale, raw, s = chunked_drift(gen, pos, neg, neg_weight, config, chunk_groups)
     x_scaled = gen.to(v.dtype) / input_scale[:, None, None]
     goal = (x_scaled + v).detach()
     loss_per_group = (x_scaled - goal).pow(2).flatten(1).mean(1)  # [G]

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -42,12 +43,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNetEncoder(nn.Module):
-    """encoder(x [B, C, H, W]) -> list of stage maps; stage i has width * 2^i channels and stride 2^i."""
+    """encoder(x [B, C, H, W]) -> list of stage maps; stage i has width * 2^i channels and stride stem_stride * 2^i.
 
-    def __init__(self, in_channels: int = 4, width: int = 64, blocks: Sequence[int] = (3, 4, 6, 3)) -> None:
+    stem_stride 2 halves the first map of pixel inputs (MNIST 28 -> 14): 4x fewer per-location drift groups.
+    """
+
+    # Keep only the stage outputs for backward and recompute the blocks inside (set by the trainer).
+    checkpointing: bool = False
+
+    def __init__(self, in_channels: int = 4, width: int = 64, blocks: Sequence[int] = (3, 4, 6, 3),
+                 stem_stride: int = 1) -> None:
         super().__init__()
-        self.config: dict[str, Any] = dict(in_channels=in_channels, width=width, blocks=list(blocks))
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), group_norm(width), nn.ReLU())
+        self.config: dict[str, Any] = dict(in_channels=in_channels, width=width, blocks=list(blocks),
+                                           stem_stride=stem_stride)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False), group_norm(width),
+                                  nn.ReLU())
         stages, c_in = [], width
         for i, n in enumerate(blocks):
             c_out = width * 2**i
@@ -63,7 +73,10 @@ class ResNetEncoder(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         maps, x = [], self.stem(x)
         for stage in self.stages:
-            x = stage(x)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
             maps.append(x)
         return maps
 

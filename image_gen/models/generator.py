@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding, get_timestep_embedding
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 # The paper's model sizes; patch 2 on 32x32x4 SD-VAE latents, patch 16 on 256x256x3 pixels.
 GENERATOR_SIZES: dict[str, dict[str, int]] = {
@@ -64,6 +65,15 @@ class SwiGLU(nn.Module):
         return self.w3(F.silu(a) * b)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose weight follows the input dtype: an fp32 weight on bf16 autocast activations would send
+    rms_norm down its unfused, upcasting path (slower, and it saves fp32 copies for backward)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with RMS QK-norm and RoPE."""
 
@@ -73,8 +83,8 @@ class Attention(nn.Module):
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
-        self.q_norm = nn.RMSNorm(width // heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(width // heads, eps=1e-6)
+        self.q_norm = RMSNorm(width // heads, eps=1e-6)
+        self.k_norm = RMSNorm(width // heads, eps=1e-6)
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -104,6 +114,9 @@ class Block(nn.Module):
 
 class DriftDiT(nn.Module):
     """generator(noise [B, C, H, W], labels [B], alpha [B], style [B, 32] | None) -> sample [B, C, H, W]."""
+
+    # Recompute each block in the backward pass instead of storing its activations (set by the trainer).
+    checkpointing: bool = False
 
     def __init__(
         self,
@@ -185,7 +198,10 @@ class DriftDiT(nn.Module):
         registers = self.registers + self.register_cond(cond)[:, None]
         x = torch.cat([registers.expand(b, -1, -1), tokens], dim=1)
         for block in self.blocks:
-            x = block(x, cond, self.rope_cos, self.rope_sin)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, cond, self.rope_cos, self.rope_sin, use_reentrant=False)
+            else:
+                x = block(x, cond, self.rope_cos, self.rope_sin)
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
         x = self.out(modulate(self.final_norm(x[:, registers.shape[1]:]), shift, scale))
         p, grid = self.patch_size, self.input_size // self.patch_size
