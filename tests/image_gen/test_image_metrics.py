@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL
 from torchvision.models import inception_v3
 from torchvision.utils import save_image
 
-from image_gen.image_data import LatentDataset, cache_latents, digits_dataset, load_vae
+from image_gen.image_data import ArrayDataset, cache_latents, digits_dataset, load_vae
 from image_gen.metrics import (InceptionFeatures, encoder_fid, frechet_distance, gaussian_stats,
                                inception_score, inception_stats)
 from image_gen.models.encoder import ResNetEncoder
@@ -82,7 +82,7 @@ def test_latent_cache_from_an_image_folder_and_a_local_vae(tmp_path):
     vae = _tiny_vae(tmp_path / "vae")
     cache_latents(tmp_path / "images", tmp_path / "vae", tmp_path / "cache", image_size=16, batch_size=5,
                   num_workers=0)
-    data = LatentDataset(tmp_path / "cache")
+    data = ArrayDataset(tmp_path / "cache")
     assert len(data) == 12 and data[0][0].shape == (4, 8, 8)
     first = sorted((tmp_path / "images").glob("*/*.png"))[0]  # ImageFolder order: class dirs, then names
     from image_gen.image_data import pixel_transform
