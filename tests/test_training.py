@@ -103,7 +103,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path)
 def test_resuming_with_another_config_is_refused(trained, tmp_path):
     run_dir = tmp_path / "mismatch"
     _train(run_dir, "train.num_steps=5")
-    cmd = [sys.executable, "train_policy.py", f"hydra.run.dir={run_dir}", *FAST, "train.num_steps=5", "policy.n_generated=4"]
+    cmd = [sys.executable, "train_policy.py", f"hydra.run.dir={run_dir}", *FAST, "train.num_steps=5", "policy.n_generated=6"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "different config" in result.stderr + result.stdout
 
