@@ -1,0 +1,94 @@
+"""bench/table.py: mode balance from real BlockPush rollouts and demos, its errors, and the table it prints."""
+from __future__ import annotations
+
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from bench.table import (TASKS, check_dataset, demo_orders, format_table, mode_cell, mode_shares, require_simulator,
+                         successful_orders, task_config)
+from data.generate import generate
+from envs.block_push import BlockPushEnv
+from envs.experts.block_push import BlockPushExpert
+from envs.runner import EnvRunner
+
+SEEDS = [0, 2]  # the expert's plans for these scenes: block0->target0 first, and block0->target1 first
+
+
+class ExpertPolicy:
+    """The scripted expert as a ChunkPolicy (one action per chunk), one expert per episode seed in turn."""
+
+    def __init__(self, seeds: list[int]) -> None:
+        self.seeds, self.plans = list(seeds), []
+
+    def reset(self) -> None:
+        self.expert = BlockPushExpert(np.random.default_rng(self.seeds.pop(0)))
+        self.plans.append([f"block{b}->target{t}" for b, t in self.expert.plan])
+
+    def predict_action(self, obs: dict[str, np.ndarray], generator: list[torch.Generator]) -> np.ndarray:
+        return self.expert.act({k: v[0, -1] for k, v in obs.items()})[None, None]
+
+
+def test_runner_records_the_push_order_and_mode_shares_count_it():
+    policy = ExpertPolicy(SEEDS)
+    episodes = [episode for seed in SEEDS for episode in EnvRunner(
+        BlockPushEnv, n_obs_steps=1, n_action_steps=1, max_steps=350, n_rollouts=1, seed_start=seed, n_envs=1).run(policy)["episodes"]]
+    assert all(e["success"] for e in episodes)
+    assert [e["order"] for e in episodes] == policy.plans  # the env counted the pushes the expert made
+    shares = mode_shares(successful_orders(episodes))
+    assert shares == {", ".join(plan): 0.5 for plan in policy.plans} and len(shares) == 2
+    assert mode_cell(shares, sorted(shares) + ["block1->target0, block0->target1"], 2).startswith("2/3 [0.50 0.50 0.00] n=2")
+    assert successful_orders([{**episodes[0], "success": False}]) == []
+
+
+def test_demos_keep_their_order_and_a_dataset_of_another_task_is_refused(tmp_path):
+    path = tmp_path / "block_push.hdf5"
+    generate("block_push", path, episodes=2)
+    orders = demo_orders(path)
+    assert len(orders) == 2 and all(len(order) == 2 and order[0].startswith("block") for order in orders)
+    assert check_dataset(task_config("block_push"), path) == 2
+    with pytest.raises(ValueError, match=r"holds demonstrations of 'block_push'.*not 'lift'.*delete it"):
+        check_dataset(task_config("lift"), path)
+    with h5py.File(path, "a") as f:  # a file without the expert's attrs (robomimic's own): the obs keys decide
+        del f.attrs["expert_task"]
+    with pytest.raises(ValueError, match=r"lacks obs keys \['object_qpos', 'robot_qpos'\] of task kitchen"):
+        check_dataset(task_config("kitchen"), path)
+
+
+def test_unknown_task_and_missing_simulator_messages(monkeypatch):
+    with pytest.raises(ValueError, match="unknown task 'blockpush'; the table knows lift, can, .*block_push"):
+        task_config("blockpush")
+    monkeypatch.delitem(sys.modules, "envs.kitchen", raising=False)
+    monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # what an uninstalled package looks like to import
+    with pytest.raises(Exception, match=r"kitchen: its simulator 'gymnasium_robotics' is not installed \(`pip install gymnasium-robotics`\)"):
+        require_simulator(task_config("kitchen"))
+
+
+def _arm(nfe: int, p1: float, p2: float, orders: list[list[str]]) -> dict:
+    episodes = [{"seed": 100000 + i, "success": True, "order": o} for i, o in enumerate(orders)]
+    return {"result": {"p1": p1, "p1_se": 0.05, "p2": p2, "p2_se": 0.04, "nfe": nfe, "latency_batch1_ms": {"p50": 3.14159}},
+            "episodes": episodes, "train": {"steps": 1200}, "setting": {"minutes": 30.0}}
+
+
+def test_table_puts_paper_and_ours_side_by_side_and_shows_a_collapsed_mode():
+    a, b = "block0->target0, block1->target1", "block1->target1, block0->target0"
+    done = {"setting": {"minutes_per_arm": 30.0, "rollouts": 200, "device": "cpu"}, "machine": "2-core x86_64", "date": "2026-11-23",
+            "tasks": {"block_push": {"demos": 1000, "demo_modes": {"n": 1000, "shares": {a: 0.5, b: 0.5}},
+                                     "arms": {"diffusion": _arm(100, 0.40, 0.20, [[a], [b]]), "drift": _arm(1, 0.60, 0.30, [[a]] * 3)}},
+                      "tool_hang": {"arms": {}, "unavailable": "tool_hang: cannot make its demonstrations: no scripted expert"}}}
+    text = format_table(done, ["block_push", "tool_hang"])
+    lines = text.splitlines()
+    p2 = next(line for line in lines if "| p2 |" in line)
+    cells = [c.strip() for c in p2.strip("|").split("|")]
+    assert cells[:7] == ["block_push", "state", "p2", "0.11", "0.16", "0.200 ± 0.040", "0.300 ± 0.040"]
+    assert "demos 2/2 [0.50 0.50] n=1000" in cells[7] and "DP 2/2 [0.50 0.50] n=2" in cells[7] and "Drift 1/2 [1.00 0.00] n=3" in cells[7]
+    assert cells[8:] == ["1200 / 1200", "30 / 30", "100 / 1", "3.14 / 3.14", "1000"]
+    assert "| p1 | 0.36 | 0.56 | 0.400 ± 0.050 | 0.600 ± 0.050 |" in text
+    assert "| tool_hang | state | success_rate | 0.30 | 0.38 | not run: tool_hang: cannot make its demonstrations" in text
+    assert f"block_push modes, in cell order: {a} | {b}" in text
+    assert set(TASKS["kitchen"].metrics) == {"p1", "p2", "p3", "p4"}
+    done["tasks"]["block_push"]["arms"]["drift"]["result"].pop("p2")  # no episode pushed both blocks: episode_metrics stops at p1
+    assert "| p2 | 0.11 | 0.16 | 0.200 ± 0.040 | 0.000 ± 0.000 |" in format_table(done, ["block_push"])
