@@ -106,14 +106,46 @@ def test_drift_loss_is_finite_and_trains_only_what_it_should(dataset, batch):
         (lambda o: o.pop("keypoint"), "missing key"),
         (lambda o: o.__setitem__("keypoint", o["keypoint"][:, :, :10]), r"expected \(B, 2, 18\)"),
         (lambda o: o["agent_pos"].__setitem__((0, 0, 0), float("nan")), "NaN"),
+        # finite as float64, inf as the float32 the network runs in
+        (lambda o: o.__setitem__("agent_pos", np.full((4, 2, 2), 1e300)), r"obs\['agent_pos'\] contains NaN or infinite values"),
+        (lambda o: o.update({k: v[:0] for k, v in o.items()}), r"same batch size B >= 1 for every key, got \{'keypoint': 0, 'agent_pos': 0\}"),
+        (lambda o: o.__setitem__("agent_pos", o["agent_pos"][:3]), r"same batch size B >= 1 for every key, got \{'keypoint': 4, 'agent_pos': 3\}"),
     ],
-    ids=["missing-key", "wrong-shape", "nan"],
+    ids=["missing-key", "wrong-shape", "nan", "float32-overflow", "batch-0", "batch-sizes-differ"],
 )
 def test_bad_observations_are_refused_with_what_was_expected(drift_policy, batch, mutate, message):
     obs = {k: v.numpy().copy() for k, v in batch["obs"].items()}
     mutate(obs)
     with pytest.raises(ValueError, match=message):
         drift_policy.predict_action(obs)
+
+
+def test_non_finite_actions_are_an_error_that_names_the_observation_out_of_range(drift_policy, batch):
+    obs = {k: v.numpy().copy() for k, v in batch["obs"].items()}
+    obs["agent_pos"][:] = 3e38  # finite in float32, but far beyond the normaliser's range: the U-Net overflows
+    with pytest.raises(FloatingPointError, match=r"the drift policy generated NaN or infinite actions; obs\['agent_pos'\] "
+                                                 r"is .*e\+36 after normalisation, where the training data spans \[-1, 1\]"):
+        drift_policy.predict_action(obs)
+
+
+def test_step_checks_every_frame_not_only_those_it_replans_on(drift_policy, batch):
+    frame = {k: v[0, -1].numpy() for k, v in batch["obs"].items()}
+    drift_policy.reset()
+    drift_policy.step(frame)  # plans 8 actions; the next 7 calls do not run the network
+    with pytest.raises(ValueError, match=r"obs\['agent_pos'\] contains NaN"):
+        drift_policy.step({**frame, "agent_pos": np.array([np.nan, 1.0], dtype=np.float32)})
+    with pytest.raises(ValueError, match=r"obs\['keypoint'\] has shape \(10,\); step\(obs\) takes one frame of shape \(18,\)$"):
+        drift_policy.step({**frame, "keypoint": frame["keypoint"][:10]})
+    with pytest.raises(ValueError, match=r"obs is missing key\(s\) \['keypoint'\]"):
+        drift_policy.step({"agent_pos": frame["agent_pos"]})
+    history = {k: v[0].numpy() for k, v in batch["obs"].items()}
+    with pytest.raises(ValueError, match=r"has shape \(2, 18\); step\(obs\) takes one frame of shape \(18,\); "
+                                         r"pass histories \[To, ...\] or \[B, To, ...\] to predict_action"):
+        drift_policy.step(history)
+    drift_policy.reset()
+    with pytest.raises(ValueError, match=r"obs is missing key\(s\) \['keypoint'\]"):  # at a replan too
+        drift_policy.step({"agent_pos": frame["agent_pos"]})
+    assert drift_policy.step(frame).shape == (2,)
 
 
 def test_step_helper_keeps_history_and_replans_every_ta_steps(dataset, batch):
@@ -142,10 +174,30 @@ def test_loading_weights_of_another_config_names_the_problem(dataset, tmp_path):
     small = _policy(dataset).save_pretrained(tmp_path / "small")
     big = _policy(dataset, "policy.unet.down_dims=[32,64,128]").save_pretrained(tmp_path / "big")
     (small / "model.safetensors").write_bytes((big / "model.safetensors").read_bytes())
-    with pytest.raises(Exception, match="size mismatch|does not match"):
+    with pytest.raises(ValueError, match=r"small/model\.safetensors does not fit .*small/config\.json: 0 missing \[\], "
+                                         r"0 unexpected \[\], \d+ of another shape \(saved vs config\) \['model\..* \(32, "):
         Policy.from_pretrained(small)
     with pytest.raises(FileNotFoundError, match="not a saved policy"):
         Policy.from_pretrained(tmp_path)
+
+
+def test_damaged_or_mismatched_saved_policies_get_one_short_error_naming_the_file(dataset, tmp_path):
+    drift = _policy(dataset).save_pretrained(tmp_path / "drift")
+    diffusion = _policy(dataset, "policy=diffusion").save_pretrained(tmp_path / "diffusion")
+    weights = (drift / "model.safetensors").read_bytes()
+    (drift / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ValueError, match=r"drift/model\.safetensors is not a readable safetensors file \(.*\); it is "
+                                         r"truncated or damaged") as truncated:
+        Policy.from_pretrained(drift)
+    (drift / "model.safetensors").write_bytes((diffusion / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"the weights are a diffusion policy's \(with a diffusion-step input\) but the "
+                                         r"config is a drift policy's: the files come from different policies") as mixed:
+        Policy.from_pretrained(drift)
+    config = drift / "config.json"
+    config.write_text(config.read_text()[:-10])
+    with pytest.raises(ValueError, match=r"drift/config\.json is not valid JSON \(.*line \d+.*\); the saved policy is damaged") as bad_json:
+        Policy.from_pretrained(drift)
+    assert max(len(str(e.value)) for e in (truncated, mixed, bad_json)) < 400
 
 
 def test_invalid_policy_settings_are_refused(dataset):

@@ -109,6 +109,8 @@ class Policy(nn.Module):
         """
         tensors, batched, as_numpy = self._check_obs(obs)
         actions = self.normalizer.unnormalize("action", self.sample(self.encode(tensors), generator))
+        if not torch.isfinite(actions).all():
+            raise FloatingPointError(self._non_finite_actions_message(tensors))
         if not full_chunk:
             start = self.n_obs_steps - 1
             actions = actions[:, start : start + self.n_action_steps]
@@ -122,7 +124,7 @@ class Policy(nn.Module):
 
     def step(self, obs: Mapping[str, ArrayLike]) -> np.ndarray:
         """One observation in, one action [Da] out: keeps the history and replans every Ta steps."""
-        self._history.append({k: np.asarray(v.cpu() if isinstance(v, Tensor) else v) for k, v in obs.items()})
+        self._history.append(self._check_frame(obs))
         if not self._plan:
             frames = list(self._history)
             frames = [frames[0]] * (self.n_obs_steps - len(frames)) + frames  # pad like the dataset does
@@ -130,13 +132,34 @@ class Policy(nn.Module):
             self._plan.extend(self.predict_action(history))
         return self._plan.popleft()
 
-    def _check_obs(self, obs: Mapping[str, ArrayLike]) -> tuple[dict[str, Tensor], bool, bool]:
-        """Validate keys, shapes, dtypes and finiteness; return batched tensors on the policy's device."""
+    def _check_keys(self, obs: Mapping[str, ArrayLike]) -> None:
+        """obs must be a dict holding every observation key."""
         if not isinstance(obs, Mapping):
             raise ValueError(f"obs must be a dict with keys {sorted(self.obs_meta)}, got {type(obs).__name__}")
         missing = [k for k in self.obs_meta if k not in obs]
         if missing:
             raise ValueError(f"obs is missing key(s) {missing}; expected keys {sorted(self.obs_meta)}")
+
+    def _check_frame(self, obs: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
+        """One observation for step(): every key, each value one frame of its shape and finite (as float32)."""
+        self._check_keys(obs)
+        frame = {}
+        for key, meta in self.obs_meta.items():
+            value = obs[key]
+            value = np.asarray(value.cpu() if isinstance(value, Tensor) else value)
+            shape = tuple(meta["shape"])
+            if value.shape != shape:
+                history = value.ndim > len(shape) and value.shape[value.ndim - len(shape):] == shape
+                raise ValueError(f"obs[{key!r}] has shape {value.shape}; step(obs) takes one frame of shape {shape}" +
+                                 ("; pass histories [To, ...] or [B, To, ...] to predict_action" if history else ""))
+            if value.dtype.kind == "f" and not np.isfinite(value.astype(np.float32)).all():
+                raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
+            frame[key] = value
+        return frame
+
+    def _check_obs(self, obs: Mapping[str, ArrayLike]) -> tuple[dict[str, Tensor], bool, bool]:
+        """Validate keys, shapes, dtypes and finiteness; return batched tensors on the policy's device."""
+        self._check_keys(obs)
         device = self.normalizer.device
         tensors, batched, as_numpy = {}, None, None
         for key, meta in self.obs_meta.items():
@@ -150,11 +173,23 @@ class Policy(nn.Module):
             if batched is not None and is_batched != batched:
                 raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
             batched = is_batched
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise ValueError(f"obs[{key!r}] contains NaN or infinite values")
             tensor = tensor if is_batched else tensor.unsqueeze(0)
-            tensors[key] = tensor.to(device) if meta.get("type") == "rgb" else tensor.to(device, torch.float32)
+            tensor = tensor.to(device) if meta.get("type") == "rgb" else tensor.to(device, torch.float32)
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # after the cast: 1e300 becomes inf
+                raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
+            tensors[key] = tensor
+        sizes = {k: v.shape[0] for k, v in tensors.items()}
+        if len(set(sizes.values())) > 1 or 0 in sizes.values():
+            raise ValueError(f"obs needs the same batch size B >= 1 for every key, got {sizes}")
         return tensors, bool(batched), bool(as_numpy)
+
+    def _non_finite_actions_message(self, tensors: Mapping[str, Tensor]) -> str:
+        """Why sampling gave NaN/inf: usually an observation far outside the range the normaliser was fitted on."""
+        spans = {k: float(self.normalizer.normalize(k, v).abs().max()) for k, v in tensors.items() if k in self.normalizer.keys}
+        worst = max(spans, key=spans.get, default=None)
+        cause = (f"; obs[{worst!r}] is {spans[worst]:.3g} after normalisation, where the training data spans [-1, 1]: "
+                 "check its units" if worst is not None and spans[worst] > 10 else "")
+        return f"the {self.policy_type} policy generated NaN or infinite actions{cause}"
 
     @property
     def config(self) -> dict[str, Any]:
@@ -188,17 +223,54 @@ class Policy(nn.Module):
         absent = [f.name for f in files if not f.exists()]
         if absent:
             raise FileNotFoundError(f"{directory} is not a saved policy: missing {absent}. Pass the 'policy' folder of a run (outputs/runs/<name>/policy).")
-        config = json.loads(files[0].read_text())
-        kind = config.pop("policy_type", None)
+        try:
+            config = json.loads(files[0].read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{files[0]} is not valid JSON ({err}); the saved policy is damaged: save it again") from None
+        kind = config.pop("policy_type", None) if isinstance(config, dict) else None
         if kind not in Policy.registry:
             raise ValueError(f"{files[0]} names policy_type {kind!r}; known types: {sorted(Policy.registry)}")
-        policy = Policy.registry[kind](**config)
-        policy.normalizer.load_state_dict(load_file(str(files[2])))
-        missing, unexpected = policy.load_state_dict(load_file(str(files[1])), strict=False)
-        missing = [k for k in missing if not k.startswith("normalizer.")]
-        if missing or unexpected:
-            raise ValueError(f"{files[1]} does not match {files[0]}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        try:
+            policy = Policy.registry[kind](**config)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"{files[0]} does not describe a valid {kind} policy: {err}") from None
+        weights = _read_safetensors(files[1])
+        problem = _weights_problem(policy, weights)
+        if problem:
+            raise ValueError(f"{files[1]} does not fit {files[0]}: {problem}")
+        policy.load_state_dict(weights, strict=False)
+        stats = _read_safetensors(files[2])
+        try:
+            policy.normalizer.load_state_dict(stats)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"{files[2]} is not this policy's normaliser: {err}") from None
         return policy.to(device).eval()
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    """load_file, with a truncated or damaged file reported by name."""
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises SafetensorError (and OSError) with a bare message
+        raise ValueError(f"{path} is not a readable safetensors file ({err}); it is truncated or damaged: save the "
+                         "policy again") from None
+
+
+def _weights_problem(policy: Policy, weights: Mapping[str, Tensor]) -> str | None:
+    """Why `weights` cannot load into `policy` (another policy type, other keys or shapes), or None."""
+    with_timestep = any(k.startswith("model.time_mlp.") for k in weights)  # the U-Net's diffusion-step embedding
+    if with_timestep != policy.uses_timestep:
+        kinds = sorted(t for t, c in Policy.registry.items() if c.uses_timestep == with_timestep)
+        return (f"the weights are a {' or '.join(kinds)} policy's (with{'' if with_timestep else 'out'} a "
+                f"diffusion-step input) but the config is a {policy.policy_type} policy's: the files come from different "
+                "policies; copy all three from one policy folder")
+    expected = {k: v.shape for k, v in policy.state_dict().items() if not k.startswith("normalizer.")}
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(s)}" for k, s in expected.items() if k in weights and weights[k].shape != s]
+    if missing or unexpected or shapes:
+        return (f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of "
+                f"another shape (saved vs config) {shapes[:3]}")
+    return None
 
 
 def _atomic(path: Path, write: Any) -> None:
