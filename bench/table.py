@@ -31,6 +31,7 @@ from typing import Any, Callable
 import h5py
 from omegaconf import DictConfig, OmegaConf
 
+os.environ.setdefault("MUJOCO_GL", "egl")  # the evaluation records videos of MuJoCo envs; benchmarks run headless
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, ROOT, markdown_table  # noqa: E402
