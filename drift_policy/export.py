@@ -223,13 +223,19 @@ class OnnxPolicy:
             if batched is not None and is_batched != batched:
                 raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
             batched = is_batched
+            value = value if is_batched else value[None]
             if meta.get("type") == "rgb":
                 if value.dtype != np.uint8:
                     raise ValueError(f"obs[{key!r}] is an image and must be uint8 [.., H, W, 3], got {value.dtype}")
-            elif not np.isfinite(value).all():
-                raise ValueError(f"obs[{key!r}] contains NaN or infinite values")
-            value = value if is_batched else value[None]
-            arrays[key] = value if meta.get("type") == "rgb" else value.astype(np.float32, copy=False)
+            else:
+                with np.errstate(over="ignore"):
+                    value = value.astype(np.float32, copy=False)
+                if not np.isfinite(value).all():  # after the cast: 1e300 becomes inf
+                    raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
+            arrays[key] = value
+        sizes = {k: len(v) for k, v in arrays.items()}
+        if len(set(sizes.values())) > 1 or 0 in sizes.values():
+            raise ValueError(f"obs needs the same batch size B >= 1 for every key, got {sizes}")
         return arrays, bool(batched)
 
 

@@ -114,7 +114,9 @@ def test_runner_refuses_bad_input_with_the_expected_shapes(pusht, tmp_path):
     with pytest.raises(ValueError, match=r"obs\['keypoint'\] has shape \(3, 3, 18\); expected \(B, 2, 18\)"):
         runner.predict_action({**obs, "keypoint": np.zeros((3, 3, 18))})
     with pytest.raises(ValueError, match="NaN or infinite"):
-        runner.predict_action({**obs, "agent_pos": np.full((3, 2, 2), np.nan)})
+        runner.predict_action({**obs, "agent_pos": np.full((3, 2, 2), 1e300)})
+    with pytest.raises(ValueError, match=r"same batch size B >= 1 for every key, got \{'keypoint': 3, 'agent_pos': 2\}"):
+        runner.predict_action({**obs, "agent_pos": obs["agent_pos"][:2]})
     with pytest.raises(ValueError, match=r"noise must have shape \(3, 1, 16, 2\)"):
         runner.predict_action(obs, noise=np.zeros((1, 1, 16, 2)))
     with pytest.raises(ValueError, match="must end in .onnx"):
