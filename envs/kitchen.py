@@ -2,14 +2,17 @@
 cabinet), dict observations, the p1..p4 count in info["num_completed"] and a 280-step limit."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
-import gymnasium as gym
-import mujoco
-import numpy as np
-from gymnasium import spaces
-from gymnasium_robotics.envs.franka_kitchen.franka_env import DEFAULT_CAMERA_CONFIG
-from gymnasium_robotics.envs.franka_kitchen.kitchen_env import KitchenEnv as _FrankaKitchen
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering (videos, image obs), as envs/robosuite_tasks.py does
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnasium import spaces  # noqa: E402
+from gymnasium_robotics.envs.franka_kitchen.franka_env import DEFAULT_CAMERA_CONFIG  # noqa: E402
+from gymnasium_robotics.envs.franka_kitchen.kitchen_env import KitchenEnv as _FrankaKitchen  # noqa: E402
 
 TASKS = ("microwave", "kettle", "light switch", "slide cabinet")
 
