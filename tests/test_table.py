@@ -62,6 +62,8 @@ def test_unknown_task_and_missing_simulator_messages(monkeypatch):
     with pytest.raises(ValueError, match="unknown task 'blockpush'; the table knows lift, can, .*block_push"):
         task_config("blockpush")
     monkeypatch.delitem(sys.modules, "envs.kitchen", raising=False)
+    for name in [m for m in sys.modules if m.startswith("gymnasium_robotics.")]:  # loaded by earlier tests: hide them too
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # what an uninstalled package looks like to import
     with pytest.raises(Exception, match=r"kitchen: its simulator 'gymnasium_robotics' is not installed \(`pip install gymnasium-robotics`\)"):
         require_simulator(task_config("kitchen"))
