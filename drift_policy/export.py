@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # the policies import this module lazily (Policy.export)
-    from drift_policy.policies.base import Policy
+from drift_policy.policies.base import Policy, _atomic, check_obs_history  # base imports this module lazily (Policy.export)
 
 # Mish became an ONNX operator in opset 18; onnxruntime runs opset 18 from version 1.14.
 OPSET = 18
@@ -61,7 +60,7 @@ def export_onnx(policy: "Policy", path: str | Path) -> Path:
     finally:
         policy.train(was_training)
     tmp.replace(path)  # written whole or not at all
-    _atomic_json(path.with_suffix(".json"), graph.interface())
+    _atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(graph.interface(), indent=2)))
     return path
 
 
@@ -206,40 +205,11 @@ class OnnxPolicy:
         return actions if batched else actions[0]
 
     def _check_obs(self, obs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
-        """Policy._check_obs's rules on numpy: every key, [B, To, ...] or [To, ...], finite; returns batched arrays."""
-        if not isinstance(obs, Mapping):
-            raise ValueError(f"obs must be a dict with keys {sorted(self.obs_meta)}, got {type(obs).__name__}")
-        missing = [k for k in self.obs_meta if k not in obs]
-        if missing:
-            raise ValueError(f"obs is missing key(s) {missing}; expected keys {sorted(self.obs_meta)}")
-        arrays, batched = {}, None
+        """Policy's input rules (check_obs_history), and uint8 images as the graph takes them."""
+        arrays, batched, _ = check_obs_history(obs, self.obs_meta, self.n_obs_steps)
         for key, meta in self.obs_meta.items():
-            value = obs[key]
-            value = np.asarray(value.cpu() if isinstance(value, Tensor) else value)
-            item = (self.n_obs_steps, *meta["shape"])
-            is_batched = value.shape[1:] == item
-            if not is_batched and value.shape != item:
-                raise ValueError(f"obs[{key!r}] has shape {value.shape}; expected (B, {', '.join(map(str, item))}) or {item}")
-            if batched is not None and is_batched != batched:
-                raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
-            batched = is_batched
-            value = value if is_batched else value[None]
-            if meta.get("type") == "rgb":
-                if value.dtype != np.uint8:
-                    raise ValueError(f"obs[{key!r}] is an image and must be uint8 [.., H, W, 3], got {value.dtype}")
-            else:
-                with np.errstate(over="ignore"):
-                    value = value.astype(np.float32, copy=False)
-                if not np.isfinite(value).all():  # after the cast: 1e300 becomes inf
-                    raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
-            arrays[key] = value
-        sizes = {k: len(v) for k, v in arrays.items()}
-        if len(set(sizes.values())) > 1 or 0 in sizes.values():
-            raise ValueError(f"obs needs the same batch size B >= 1 for every key, got {sizes}")
-        return arrays, bool(batched)
+            if meta.get("type") == "rgb" and arrays[key].dtype != np.uint8:
+                raise ValueError(f"obs[{key!r}] is an image and must be uint8 [.., H, W, 3], got {arrays[key].dtype}")
+        return arrays, batched
 
 
-def _atomic_json(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)

@@ -159,29 +159,9 @@ class Policy(nn.Module):
 
     def _check_obs(self, obs: Mapping[str, ArrayLike]) -> tuple[dict[str, Tensor], bool, bool]:
         """Validate keys, shapes, dtypes and finiteness; return batched tensors on the policy's device."""
-        self._check_keys(obs)
+        arrays, batched, as_numpy = check_obs_history(obs, self.obs_meta, self.n_obs_steps)
         device = self.normalizer.device
-        tensors, batched, as_numpy = {}, None, None
-        for key, meta in self.obs_meta.items():
-            value = obs[key]
-            as_numpy = not isinstance(value, Tensor) if as_numpy is None else as_numpy
-            tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
-            item = (self.n_obs_steps, *meta["shape"])  # rgb shapes are [H, W, 3], as stored
-            is_batched = tuple(tensor.shape[1:]) == item
-            if not is_batched and tuple(tensor.shape) != item:
-                raise ValueError(f"obs[{key!r}] has shape {tuple(tensor.shape)}; expected (B, {', '.join(map(str, item))}) or {item}")
-            if batched is not None and is_batched != batched:
-                raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
-            batched = is_batched
-            tensor = tensor if is_batched else tensor.unsqueeze(0)
-            tensor = tensor.to(device) if meta.get("type") == "rgb" else tensor.to(device, torch.float32)
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():  # after the cast: 1e300 becomes inf
-                raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
-            tensors[key] = tensor
-        sizes = {k: v.shape[0] for k, v in tensors.items()}
-        if len(set(sizes.values())) > 1 or 0 in sizes.values():
-            raise ValueError(f"obs needs the same batch size B >= 1 for every key, got {sizes}")
-        return tensors, bool(batched), bool(as_numpy)
+        return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}, batched, as_numpy
 
     def _non_finite_actions_message(self, tensors: Mapping[str, Tensor]) -> str:
         """Why sampling gave NaN/inf: usually an observation far outside the range the normaliser was fitted on."""
@@ -271,6 +251,41 @@ def _weights_problem(policy: Policy, weights: Mapping[str, Tensor]) -> str | Non
         return (f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of "
                 f"another shape (saved vs config) {shapes[:3]}")
     return None
+
+
+def check_obs_history(obs: Mapping[str, ArrayLike], obs_meta: Mapping[str, Mapping], n_obs_steps: int,
+                      ) -> tuple[dict[str, np.ndarray], bool, bool]:
+    """The input rules of predict_action, shared with the exported runtime: every key, each value [B, To, ...] or
+    [To, ...], one batch size B >= 1, low-dim values finite as float32. Returns (batched arrays with low-dim as
+    float32, whether the input was batched, whether it was numpy)."""
+    if not isinstance(obs, Mapping):
+        raise ValueError(f"obs must be a dict with keys {sorted(obs_meta)}, got {type(obs).__name__}")
+    missing = [k for k in obs_meta if k not in obs]
+    if missing:
+        raise ValueError(f"obs is missing key(s) {missing}; expected keys {sorted(obs_meta)}")
+    arrays, batched = {}, None
+    as_numpy = not isinstance(next(iter(obs.values())), Tensor) if obs else True
+    for key, meta in obs_meta.items():
+        value = obs[key]
+        value = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value)
+        item = (n_obs_steps, *meta["shape"])  # rgb shapes are [H, W, 3], as stored
+        is_batched = value.shape[1:] == item
+        if not is_batched and value.shape != item:
+            raise ValueError(f"obs[{key!r}] has shape {value.shape}; expected (B, {', '.join(map(str, item))}) or {item}")
+        if batched is not None and is_batched != batched:
+            raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
+        batched = is_batched
+        value = value if is_batched else value[None]
+        if meta.get("type") != "rgb":
+            with np.errstate(over="ignore"):
+                value = value.astype(np.float32, copy=False)
+            if not np.isfinite(value).all():  # after the cast: 1e300 becomes inf
+                raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
+        arrays[key] = value
+    sizes = {k: len(v) for k, v in arrays.items()}
+    if len(set(sizes.values())) > 1 or 0 in sizes.values():
+        raise ValueError(f"obs needs the same batch size B >= 1 for every key, got {sizes}")
+    return arrays, bool(batched), as_numpy
 
 
 def _atomic(path: Path, write: Any) -> None:
