@@ -47,7 +47,8 @@ class EnvRunner:
     """Runs n_rollouts episodes, seeds seed_start, seed_start + 1, ..., in rounds of n_envs worker processes
     (gymnasium's AsyncVectorEnv; one in-process env when n_envs is 1); episodes of the first n_videos seeds
     are recorded to MP4 in video_dir. Episode seed s seeds both the env and the policy's sampling noise
-    (a torch.Generator of its own), so an episode's outcome depends only on (policy, s), not on n_envs. mp_context="spawn" or "forkserver" suits envs that cannot be forked
+    (a torch.Generator of its own), so an episode's outcome depends on (policy, s), not on n_envs (up to the float
+    rounding of the policy's batch size). mp_context="spawn" or "forkserver" suits envs that cannot be forked
     from the caller (for example one holding a GL context)."""
 
     def __init__(self, env_fn: Callable[[], gym.Env], n_obs_steps: int, n_action_steps: int, max_steps: int,
