@@ -20,10 +20,13 @@ def compose_cfg(overrides: Sequence[str]) -> DictConfig:
         return compose("train_policy", overrides=list(overrides))
 
 
-def train_for_minutes(minutes: float, overrides: Sequence[str], run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Train for a wall-clock budget (the LR schedule ends with it); returns (policy dir, facts)."""
-    cfg = compose_cfg([*overrides, "train.num_steps=null", f"train.max_minutes={minutes}",
-                       "train.eval_every=0", "train.final_eval=false", "train.resume=false"])
+def train_for_minutes(minutes: float, overrides: Sequence[str], run_dir: Path,
+                      snapshots: Sequence[float] = ()) -> tuple[Path, dict[str, Any]]:
+    """Train for a wall-clock budget (the LR schedule ends with it); returns (policy dir, facts). A run killed at any
+    point resumes from its last checkpoint with its clock and LR schedule; a finished run returns at once. The EMA
+    policy is also saved at each `snapshots` fraction of the budget (<run_dir>/snapshots) for a learning curve."""
+    cfg = compose_cfg([*overrides, "train.num_steps=null", f"train.max_minutes={minutes}", "train.eval_every=0",
+                       "train.final_eval=false", "train.resume=true", f"train.snapshots=[{','.join(map(str, snapshots))}]"])
     policy_dir = train(cfg, run_dir)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

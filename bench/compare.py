@@ -7,7 +7,8 @@
 Each arm trains for --minutes (the LR schedule ends with the budget), then runs --rollouts episodes from
 seed 100000 (the first 50 are Diffusion Policy's test seeds, reported as a subset too). Prints one markdown
 table of mean ± standard error and writes bench/results/<name>.{md,json}. Resumable: an arm whose result
-is already in <name>.json with the same overrides, budget and rollouts is not run again.
+is already in <name>.json with the same overrides, budget and rollouts is not run again; a killed arm resumes its
+training from the last checkpoint (clock and LR schedule kept) and re-runs only the evaluations it had not finished.
 Run it alone (`flock /tmp/cpu.lock chrt -f 10 python bench/compare.py ...`): the budget is wall-clock.
 """
 from __future__ import annotations
@@ -24,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, markdown_table, train_for_minutes  # noqa: E402
 from drift_policy.policies import Policy  # noqa: E402
+from drift_policy.training.trainer import SNAPSHOT_DIR  # noqa: E402
+from envs.runner import episode_metrics  # noqa: E402
 from eval_policy import evaluate  # noqa: E402
 
 DEFAULT_ARMS = ["drift=policy=drift", "diffusion=policy=diffusion policy.sampler=ddpm policy.num_inference_steps=100"]
@@ -37,11 +40,36 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
     return name, overrides.split()
 
 
+CURVE = (0.25, 0.5, 0.75)  # fractions of the budget at which a learning curve evaluates the EMA policy
+
+
+def evaluate_once(policy_dir: Path, rollouts: int, n_envs: int, videos: int, out_dir: Path, device: str) -> dict:
+    """evaluate() from seed 100000, or its saved eval.json when it already covers these rollouts (a killed arm
+    re-runs only what it had not finished)."""
+    saved = out_dir / "eval.json"
+    if saved.exists():
+        result = json.loads(saved.read_text())
+        if result.get("rollouts") == rollouts and result.get("policy") == str(Path(policy_dir).resolve()):
+            return result
+    return evaluate(policy_dir, rollouts, 100000, n_envs, videos, out_dir, device=device)
+
+
 def run_arm(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
-    """Train one arm for the budget and evaluate it; the row of the table plus the facts behind it."""
+    """Train one arm for the budget and evaluate it; the row of the table plus the facts behind it. Resumable at any
+    point. With args.curve_rollouts > 0 the EMA policy at CURVE fractions of the budget is scored on that many
+    episodes too (result["curve"]: minutes and metrics, ending with the final evaluation)."""
     run_dir = RESULTS / "runs" / f"{args.name}_{args.task}_{name}_{args.minutes:g}min"
-    policy_dir, facts = train_for_minutes(args.minutes, [f"task={args.task}", f"device={args.device}", *overrides, *args.overrides], run_dir)
-    result = evaluate(policy_dir, args.rollouts, 100000, args.n_envs, 2, run_dir / "eval", device=args.device)
+    curve_rollouts = getattr(args, "curve_rollouts", 0)
+    policy_dir, facts = train_for_minutes(args.minutes, [f"task={args.task}", f"device={args.device}", *overrides, *args.overrides],
+                                          run_dir, snapshots=CURVE if curve_rollouts else ())
+    result = evaluate_once(policy_dir, args.rollouts, args.n_envs, 2, run_dir / "eval", args.device)
+    curve = []
+    for snapshot in sorted((run_dir / SNAPSHOT_DIR).glob("*pct")) if curve_rollouts else []:
+        point = evaluate_once(snapshot, curve_rollouts, args.n_envs, 0, run_dir / "curve" / snapshot.name, args.device)
+        meta = json.loads((snapshot / "snapshot.json").read_text())
+        curve.append({"minutes": meta["train_minutes"], "steps": meta["step"], "rollouts": curve_rollouts, **episode_metrics(point["episodes"])})
+    if curve:
+        curve.append({"minutes": facts["train_minutes"], "steps": facts["steps"], "rollouts": args.rollouts, **episode_metrics(result["episodes"])})
     params = sum(p.numel() for p in Policy.from_pretrained(policy_dir).parameters())
     row = {"arm": name, "mean_score": _pm(result, "mean_score"), "success": _pm(result, "success_rate")}
     if "dp_test_seeds" in result:
@@ -50,7 +78,7 @@ def run_arm(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
     row.update({"NFE": result["nfe"], "latency p50 ms": round(result["latency_batch1_ms"]["p50"], 2), "steps": facts["steps"],
                 "s/step": round(facts["step_time_s"], 3), "final lr": f"{facts['final_lr']:.1e}", "params M": round(params / 1e6, 2)})
     return {"row": row, "overrides": overrides, "result": {k: v for k, v in result.items() if k != "episodes"},
-            "episodes": result["episodes"], "train": facts}
+            "episodes": result["episodes"], "train": facts, "curve": curve}
 
 
 def _pm(result: dict, key: str) -> str:
@@ -66,6 +94,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, help="name=train_policy overrides (space-separated)")
     parser.add_argument("--name", default="compare", help="results go to bench/results/<name>.{md,json}")
+    parser.add_argument("--curve-rollouts", type=int, default=0, help="score the policy at 25/50/75%% of the budget on this many episodes too")
     parser.add_argument("overrides", nargs="*", help="train_policy.py overrides applied to every arm")
     args = parser.parse_args()
     arms = [parse_arm(a) for a in args.arms]

@@ -11,8 +11,9 @@ Drift numbers beside ours (mean ± standard error), steps, budget, NFE and predi
 and Kitchen a column gives the mode balance: how the successful rollouts split over push / task orders, beside
 the demonstrations' split (each demo's order as the env counted it, stored by data.generate). A task that cannot
 run (no expert yet, simulator missing, a dataset of another task) gets a row saying why.
-Results: bench/results/table.{md,json}. Resumable per task x arm: a killed run keeps the arms already measured
-with the same budget, rollouts, demos and device. Run it alone (`flock /tmp/cpu.lock chrt -f 10 python ...`).
+Each arm's EMA policy is also scored at 25/50/75% of its budget on --curve-rollouts episodes (the learning curve,
+docs/figures/table_<task>.png). Results: bench/results/table.{md,json}. Resumable: a killed run keeps the arms already
+measured with the same budget, rollouts, demos and device, and a killed arm resumes from its last checkpoint. Run it alone (`flock /tmp/cpu.lock chrt -f 10 python ...`).
 """
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ def run_task(name: str, args: argparse.Namespace, done: dict[str, Any], save: Ca
     entry.pop("unavailable", None)
     overrides = [f"task.max_train_episodes={args.demos}"] if args.demos and "generate" in task else []
     setting = {"minutes": args.minutes_per_arm, "rollouts": args.rollouts, "device": args.device,
-               "demos": args.demos or TASKS[name].dp_demos, "overrides": overrides}
+               "demos": args.demos or TASKS[name].dp_demos, "overrides": overrides, "curve_rollouts": args.curve_rollouts}
     if name in MULTIMODAL:
         orders = demo_orders(ROOT / task.dataset.path)
         entry["demo_modes"] = None if orders is None else {"n": len(orders), "shares": mode_shares(orders)}
@@ -186,8 +187,8 @@ def run_task(name: str, args: argparse.Namespace, done: dict[str, Any], save: Ca
         if previous and previous["setting"] == {**setting, "arm": arm_overrides}:
             print(f"{name} / {arm}: already measured", flush=True)
             continue
-        ns = argparse.Namespace(name="table", task=name, minutes=args.minutes_per_arm, device=args.device,
-                                rollouts=args.rollouts, n_envs=args.n_envs, overrides=overrides)
+        ns = argparse.Namespace(name="table", task=name, minutes=args.minutes_per_arm, device=args.device, rollouts=args.rollouts,
+                                n_envs=args.n_envs, overrides=overrides, curve_rollouts=args.curve_rollouts)
         entry["arms"][arm] = {**run_arm(arm, arm_overrides, ns), "setting": {**setting, "arm": arm_overrides}}
         save()
         print(f"{name} / {arm}: {entry['arms'][arm]['row']}", flush=True)
@@ -242,6 +243,39 @@ def table_rows(done: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, s
     return rows, legend
 
 
+def headline_metric(name: str) -> str:
+    """The metric a task's learning curve shows: mean_score where DP reports it, else its hardest stage."""
+    metrics = TASKS[name].metrics
+    return "mean_score" if "mean_score" in metrics else metrics[-1]
+
+
+def plot_curves(name: str, entry: dict[str, Any], path: Path) -> Path | None:
+    """Per arm, the headline metric (± standard error) against training minutes; None when no arm has a curve."""
+    arms = {arm: entry["arms"][arm]["curve"] for arm in ARMS if entry.get("arms", {}).get(arm, {}).get("curve")}
+    if not arms:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = headline_metric(name)
+    fig, ax = plt.subplots(figsize=(4.2, 3.0), dpi=110)
+    for arm, curve in arms.items():
+        x = [p["minutes"] for p in curve]
+        y = [p.get(metric, 0.0) for p in curve]
+        se = [p.get(metric + "_se", 0.0) for p in curve]
+        ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label=f"{ARM_LABELS[arm]} (last: {curve[-1]['rollouts']} ep.)")
+    ax.set(xlabel="training minutes", ylabel=metric, title=f"{name}: {metric} vs training time", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def format_table(done: dict[str, Any], tasks: list[str]) -> str:
     """The markdown table with its header line and the mode legend."""
     s = done["setting"]
@@ -268,6 +302,9 @@ def main(argv: list[str] | None = None) -> str:
                         help="demonstrations per generated task (default: DP's count); Push-T always uses its 206")
     parser.add_argument("--n-envs", type=int, default=10, help="parallel env processes during evaluation")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--curve-rollouts", type=int, default=30,
+                        help="episodes scoring each arm at 25/50/75%% of its budget (the learning curve; 0: none)")
+    parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures", help="where the learning-curve PNGs go")
     parser.add_argument("--output", type=Path, default=RESULTS / "table.json")
     args = parser.parse_args(argv)
     unknown = [t for t in args.tasks if t not in TASKS]
@@ -283,6 +320,7 @@ def main(argv: list[str] | None = None) -> str:
 
     for name in args.tasks:
         run_task(name, args, done, save)
+        plot_curves(name, done["tasks"][name], args.figures / f"table_{name}.png")
     text = format_table(done, args.tasks)
     args.output.with_suffix(".md").write_text(text + "\n")
     print(text)

@@ -47,8 +47,16 @@ class MultiStepWrapper(gym.Wrapper):
         self.history.clear()
         self.history.extend([obs] * self.n_obs_steps)
         self.steps, self.final = 0, None
-        self.frames = [self.env.render()] if self.recording else []
+        self.frames = [self._frame()] if self.recording else []
         return self._stacked(), info
+
+    def _frame(self) -> np.ndarray:
+        """One RGB frame [H, W, 3] of the env, for a video."""
+        frame = self.env.render()
+        if frame is None or np.ndim(frame) != 3:
+            raise ValueError(f"{type(self.env.unwrapped).__name__}.render() returned {None if frame is None else np.shape(frame)}, "
+                             f"not an RGB frame [H, W, 3]: make the env with render_mode='rgb_array' to record videos")
+        return frame
 
     def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
         actions = np.asarray(actions)
@@ -67,7 +75,7 @@ class MultiStepWrapper(gym.Wrapper):
             rewards.append(reward)
             success = success or bool(info.get("is_success", False))
             if self.recording:
-                self.frames.append(self.env.render())
+                self.frames.append(self._frame())
             truncated = truncated or self.steps >= self.max_episode_steps
             if terminated or truncated:
                 break

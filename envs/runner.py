@@ -15,9 +15,10 @@ from tqdm.auto import tqdm
 
 from envs.multistep import MultiStepWrapper
 
-# fork starts the workers in 0.04 s, where spawn and forkserver re-import the caller's __main__ in each (torch
-# and all: 10-20 s per run, measured on 2 busy cores); the workers only run the env, never torch.
-DEFAULT_CONTEXT = "fork" if sys.platform.startswith("linux") else "spawn"
+# forkserver: a MuJoCo env that renders with EGL hangs in reset in a worker forked from a process that has imported
+# robosuite under MUJOCO_GL=egl or rendered itself (measured: Lift, then BlockPush after Lift, in one process), as the
+# table does task after task. A forkserver worker starts from a clean process that imported the caller's __main__ once.
+DEFAULT_CONTEXT = "forkserver" if sys.platform.startswith("linux") else "spawn"
 
 
 class ChunkPolicy(Protocol):
@@ -48,8 +49,8 @@ class EnvRunner:
     (gymnasium's AsyncVectorEnv; one in-process env when n_envs is 1); episodes of the first n_videos seeds
     are recorded to MP4 in video_dir. Episode seed s seeds both the env and the policy's sampling noise
     (a torch.Generator of its own), so an episode's outcome depends on (policy, s), not on n_envs (up to the float
-    rounding of the policy's batch size). mp_context="spawn" or "forkserver" suits envs that cannot be forked
-    from the caller (for example one holding a GL context)."""
+    rounding of the policy's batch size). mp_context="fork" starts workers fastest, for envs that never render
+    with EGL."""
 
     def __init__(self, env_fn: Callable[[], gym.Env], n_obs_steps: int, n_action_steps: int, max_steps: int,
                  n_rollouts: int = 50, seed_start: int = 100000, n_envs: int | None = None, n_videos: int = 0,

@@ -24,6 +24,13 @@ from drift_policy.training.schedule import LRSchedule
 from envs.runner import EnvRunner
 
 POLICY_DIR = "policy"
+SNAPSHOT_DIR = "snapshots"  # <run>/snapshots/<pct>pct: the EMA policy at train.snapshots fractions of the budget
+
+
+def snapshot_name(fraction: float) -> str:
+    return f"{round(100 * fraction):02d}pct"
+
+
 # Parts of the config that must not change between a run and its resumption.
 IDENTITY_KEYS = ("task", "policy", "seed", "train.batch_size", "train.num_steps", "train.max_minutes", "train.lr")
 
@@ -158,6 +165,19 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", s_per_step=f"{seconds:.3f}", budget=f"{progress:.0%}")
         window, step_start = [], time.perf_counter()
 
+    def progress_now() -> float:
+        return schedule.progress(step, train_seconds + time.perf_counter() - clock)
+
+    def save_snapshot(fraction: float) -> None:
+        """The EMA policy at this point of the budget, for a learning curve (evaluated after training)."""
+        directory = ema_policy().save_pretrained(run_dir / SNAPSHOT_DIR / snapshot_name(fraction))
+        (directory / "snapshot.json").write_text(json.dumps({"fraction": fraction, "step": step, "train_minutes": train_seconds / 60}))
+
+    # fractions of the budget not yet saved (a resumed run keeps those it saved before it was stopped)
+    pending_snapshots = sorted(f for f in tc.get("snapshots") or [] if not (run_dir / SNAPSHOT_DIR / snapshot_name(f) / "snapshot.json").exists())
+    if any(not 0 < f < 1 for f in pending_snapshots):
+        raise ValueError(f"train.snapshots are fractions of the budget in (0, 1), got {list(tc.snapshots)}")
+
     policy.train()
     bar = tqdm(total=tc.get("num_steps"), initial=step, desc="train", dynamic_ncols=True)
     window: list[float] = []
@@ -189,6 +209,10 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             now = time.perf_counter()
             train_seconds, clock = train_seconds + now - clock, now
             checkpoint()
+        if pending_snapshots and progress_now() >= pending_snapshots[0]:
+            train_seconds += time.perf_counter() - clock
+            save_snapshot(pending_snapshots.pop(0))
+            clock = time.perf_counter()  # saving is not training time
         if tc.eval_every and step % tc.eval_every == 0 and schedule.progress(step, 0.0) < 1.0:
             train_seconds += time.perf_counter() - clock
             metrics = evaluate()

@@ -1,0 +1,92 @@
+"""Budgeted (wall-clock) arms survive being killed: training resumes with its clock and LR schedule, a finished arm
+whose evaluation was killed re-runs only the evaluation, and learning-curve snapshots are kept across the kill."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench.compare as compare
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["policy.unet.down_dims=[8,16,32]", "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1",
+        "train.checkpoint_every=5", "num_threads=1"]
+BUDGET_MIN = 0.25
+
+
+def _checkpoint_step(run_dir: Path) -> int:
+    try:
+        return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"]
+    except Exception:  # not written yet, or being replaced
+        return 0
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_killed_budgeted_run_resumes_with_its_clock_and_lr_schedule(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "train_policy.py", f"hydra.run.dir={run_dir}", *TINY, "train.num_steps=null",
+           f"train.max_minutes={BUDGET_MIN}", "train.eval_every=0", "train.final_eval=false", "train.snapshots=[0.25]"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and not (run_dir / "snapshots" / "25pct" / "snapshot.json").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the run ended before it could be killed mid-budget"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)
+    killed_seconds = state["train_seconds"]
+    assert 0 < killed_seconds < 60 * BUDGET_MIN and state["step"] >= 5
+
+    started = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert f"Resuming {run_dir} at step {state['step']}" in result.stdout
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    # the clock continued: the whole run trained about one budget, not one budget after the kill
+    assert BUDGET_MIN <= summary["train_minutes"] < BUDGET_MIN + 0.1
+    assert time.perf_counter() - started < 60 * BUDGET_MIN - killed_seconds + 40  # + start-up, not a second budget
+    # the LR schedule continued from the checkpoint's progress and reached ~0 at the end of the budget
+    resumed = [r for r in _rows(run_dir) if r["step"] > state["step"] and "train/progress" in r]
+    assert resumed[0]["train/progress"] >= killed_seconds / (60 * BUDGET_MIN) - 1e-9
+    assert resumed[-1]["train/lr"] < 1e-3 * 4e-4 + 1e-12
+    # the snapshot saved before the kill is still there, not saved again
+    assert json.loads((run_dir / "snapshots" / "25pct" / "snapshot.json").read_text())["step"] <= state["step"] + 5
+
+
+@pytest.fixture
+def arm_args(tmp_path, monkeypatch) -> argparse.Namespace:
+    monkeypatch.setattr(compare, "RESULTS", tmp_path / "results")
+    return argparse.Namespace(name="t", task="push_t", minutes=0.05, device="cpu", rollouts=2, n_envs=1, curve_rollouts=1,
+                              overrides=[*TINY, "task.max_steps=16"])
+
+
+def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(arm_args):
+    first = compare.run_arm("drift", ["policy=drift"], arm_args)
+    run_dir = compare.RESULTS / "runs" / "t_push_t_drift_0.05min"
+    assert [p["rollouts"] for p in first["curve"]] == [1, 1, 1, 2]  # 25/50/75% snapshots, then the final evaluation
+    checkpoint_mtime = (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns
+    rows = _rows(run_dir)
+
+    eval_json = run_dir / "eval" / "eval.json"
+    kept = eval_json.stat().st_mtime_ns
+    again = compare.run_arm("drift", ["policy=drift"], arm_args)  # everything done: nothing re-run
+    assert eval_json.stat().st_mtime_ns == kept and again["train"]["steps"] == first["train"]["steps"]
+
+    eval_json.unlink()  # an evaluation killed before it wrote its result
+    third = compare.run_arm("drift", ["policy=drift"], arm_args)
+    assert eval_json.exists() and third["result"]["rollouts"] == 2
+    assert third["train"]["steps"] == first["train"]["steps"] and _rows(run_dir) == rows  # no training step taken
+    assert (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns >= checkpoint_mtime
+    assert [e["max_reward"] for e in third["episodes"]] == pytest.approx([e["max_reward"] for e in first["episodes"]], abs=1e-6)
