@@ -3,14 +3,16 @@
 The run lives in outputs/runs/<task>_<policy>; running the same command again resumes it.
 """
 import shutil
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from drift_policy.atomic import DiskFullError
 from drift_policy.training.checkpoint import CHECKPOINT
-from drift_policy.training.trainer import train
+from drift_policy.training.trainer import TrainingStopped, train
 
 # What a run writes before its first checkpoint (hydra's .hydra included); a folder holding only these is ours.
 RUN_FILES = {".hydra", "config.yaml", "metrics.jsonl", "metrics.jsonl.tmp", "tensorboard", "checkpoints", "curves.png"}
@@ -21,6 +23,12 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         policy_dir = train(cfg, run_dir)
+    except TrainingStopped as stopped:  # SIGTERM / Ctrl-C: the checkpoint is written, the same command resumes
+        print(stopped)
+        sys.exit(0)
+    except DiskFullError as full:  # the previous checkpoint and policy are intact
+        discard_unstarted_run(run_dir)
+        sys.exit(f"error: {full.strerror}")
     except BaseException:
         discard_unstarted_run(run_dir)
         raise

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, markdown_table, train_for_minutes  # noqa: E402
 from drift_policy.policies import Policy  # noqa: E402
+from drift_policy.cli import non_negative_int, positive_float, positive_int  # noqa: E402
+from drift_policy.evaluation import episode_metrics, evaluate_once  # noqa: E402
 from drift_policy.training.trainer import SNAPSHOT_DIR  # noqa: E402
-from envs.runner import episode_metrics  # noqa: E402
-from eval_policy import evaluate  # noqa: E402
 
 DEFAULT_ARMS = ["drift=policy=drift", "diffusion=policy=diffusion policy.sampler=ddpm policy.num_inference_steps=100"]
 
@@ -41,17 +41,6 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
 
 
 CURVE = (0.25, 0.5, 0.75)  # fractions of the budget at which a learning curve evaluates the EMA policy
-
-
-def evaluate_once(policy_dir: Path, rollouts: int, n_envs: int, videos: int, out_dir: Path, device: str) -> dict:
-    """evaluate() from seed 100000, or its saved eval.json when it already covers these rollouts (a killed arm
-    re-runs only what it had not finished)."""
-    saved = out_dir / "eval.json"
-    if saved.exists():
-        result = json.loads(saved.read_text())
-        if result.get("rollouts") == rollouts and result.get("policy") == str(Path(policy_dir).resolve()):
-            return result
-    return evaluate(policy_dir, rollouts, 100000, n_envs, videos, out_dir, device=device)
 
 
 def run_arm(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
@@ -87,14 +76,14 @@ def _pm(result: dict, key: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=20.0, help="training budget for EACH arm")
+    parser.add_argument("--minutes", type=positive_float, default=20.0, help="training budget for EACH arm")
     parser.add_argument("--task", default="push_t")
-    parser.add_argument("--rollouts", type=int, default=200)
-    parser.add_argument("--n-envs", type=int, default=10, help="parallel env processes during evaluation")
+    parser.add_argument("--rollouts", type=positive_int, default=200)
+    parser.add_argument("--n-envs", type=positive_int, default=10, help="parallel env processes during evaluation")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, help="name=train_policy overrides (space-separated)")
     parser.add_argument("--name", default="compare", help="results go to bench/results/<name>.{md,json}")
-    parser.add_argument("--curve-rollouts", type=int, default=0, help="score the policy at 25/50/75%% of the budget on this many episodes too")
+    parser.add_argument("--curve-rollouts", type=non_negative_int, default=0, help="score the policy at 25/50/75%% of the budget on this many episodes too")
     parser.add_argument("overrides", nargs="*", help="train_policy.py overrides applied to every arm")
     args = parser.parse_args()
     arms = [parse_arm(a) for a in args.arms]

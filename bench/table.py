@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, ROOT, markdown_table  # noqa: E402
 from bench.compare import DEFAULT_ARMS, parse_arm, run_arm  # noqa: E402
+from drift_policy.cli import non_negative_int, positive_float, positive_int  # noqa: E402
+from drift_policy.evaluation import mode_shares, successful_orders  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -142,17 +143,6 @@ def demo_orders(path: Path) -> list[list[str]] | None:
     with h5py.File(path, "r") as f:
         attrs = [f["data"][name].attrs.get("order") for name in f["data"]]
     return None if any(a is None for a in attrs) else [json.loads(a) for a in attrs]
-
-
-def mode_shares(orders: list[list[str]]) -> dict[str, float]:
-    """Share of each order (its steps joined by ", "), most frequent first."""
-    counts = Counter(", ".join(order) for order in orders)
-    return {mode: n / len(orders) for mode, n in counts.most_common()}
-
-
-def successful_orders(episodes: list[dict]) -> list[list[str]]:
-    """The orders of the successful episodes (all blocks / tasks done)."""
-    return [e["order"] for e in episodes if e["success"] and "order" in e]
 
 
 def mode_cell(shares: dict[str, float], modes: list[str], n: int) -> str:
@@ -286,23 +276,16 @@ def format_table(done: dict[str, Any], tasks: list[str]) -> str:
     return "\n".join([header, "", markdown_table(rows), *(["", *legend] if legend else [])])
 
 
-def positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, help=f"any of {', '.join(TASKS)}")
-    parser.add_argument("--minutes-per-arm", type=positive, default=30.0, help="wall-clock training budget of each arm")
-    parser.add_argument("--rollouts", type=lambda t: int(positive(t)), default=200)
-    parser.add_argument("--demos", type=lambda t: int(positive(t)), default=None,
+    parser.add_argument("--minutes-per-arm", type=positive_float, default=30.0, help="wall-clock training budget of each arm")
+    parser.add_argument("--rollouts", type=positive_int, default=200)
+    parser.add_argument("--demos", type=positive_int, default=None,
                         help="demonstrations per generated task (default: DP's count); Push-T always uses its 206")
-    parser.add_argument("--n-envs", type=int, default=10, help="parallel env processes during evaluation")
+    parser.add_argument("--n-envs", type=positive_int, default=10, help="parallel env processes during evaluation")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--curve-rollouts", type=int, default=30,
+    parser.add_argument("--curve-rollouts", type=non_negative_int, default=30,
                         help="episodes scoring each arm at 25/50/75%% of its budget (the learning curve; 0: none)")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures", help="where the learning-curve PNGs go")
     parser.add_argument("--output", type=Path, default=RESULTS / "table.json")

@@ -21,13 +21,14 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from drift_policy.policies.base import Policy, _atomic, check_obs_history  # base imports this module lazily (Policy.export)
+from drift_policy.atomic import write_text
+from drift_policy.policies.base import Policy, check_obs_history  # base imports this module lazily (Policy.export)
 
 # Mish became an ONNX operator in opset 18; onnxruntime runs opset 18 from version 1.14.
 OPSET = 18
@@ -60,7 +61,7 @@ def export_onnx(policy: "Policy", path: str | Path) -> Path:
     finally:
         policy.train(was_training)
     tmp.replace(path)  # written whole or not at all
-    _atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(graph.interface(), indent=2)))
+    write_text(path.with_suffix(".json"), json.dumps(graph.interface(), indent=2))
     return path
 
 
@@ -191,25 +192,41 @@ class OnnxPolicy:
         """Nothing to forget (predict_action keeps no state); here for the env runner's policy protocol."""
 
     def predict_action(self, obs: Mapping[str, Any], full_chunk: bool = False, noise: np.ndarray | None = None,
-                       generator: np.random.Generator | None = None) -> np.ndarray:
-        """Action chunk in env units: [B, Ta, Da] ([Ta, Da] for an unbatched history), all T steps with full_chunk."""
+                       generator: NoiseSource | Sequence[NoiseSource] | None = None) -> np.ndarray:
+        """Action chunk in env units: [B, Ta, Da] ([Ta, Da] for an unbatched history), all T steps with full_chunk.
+        `generator` may be one list entry per batch row (as the evaluation's runner passes, one per episode)."""
         arrays, batched = self._check_obs(obs)
         batch = len(next(iter(arrays.values())))
         shape = (batch, self.n_noise, self.horizon, self.action_dim)
         if noise is None:
-            noise = (generator or self.rng).standard_normal(shape, dtype=np.float32)
+            noise = self._draw_noise(shape, generator)
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != shape:
             raise ValueError(f"noise must have shape {shape} (batch, n_noise, T, Da) for this observation batch, got {noise.shape}")
         (actions,) = self.session.run([CHUNK if full_chunk else ACTION], {**arrays, NOISE: noise})
         return actions if batched else actions[0]
 
+    def _draw_noise(self, shape: tuple[int, ...], generator: NoiseSource | Sequence[NoiseSource] | None) -> np.ndarray:
+        """Standard normal noise [B, n_noise, T, Da]; with a list, row i comes from generator[i] draw by draw (a torch
+        generator gives a drift policy's row exactly the noise the torch policy would draw from it)."""
+        if not isinstance(generator, (list, tuple)):
+            source = self.rng if generator is None else generator
+            return np.stack([_normal(source, shape[2:], shape[0]) for _ in range(shape[1])], axis=1)
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per batch row")
+        return np.stack([np.stack([_normal(g, shape[2:], 1)[0] for _ in range(shape[1])]) for g in generator])
+
     def _check_obs(self, obs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], bool]:
-        """Policy's input rules (check_obs_history), and uint8 images as the graph takes them."""
+        """Policy's input rules (check_obs_history)."""
         arrays, batched, _ = check_obs_history(obs, self.obs_meta, self.n_obs_steps)
-        for key, meta in self.obs_meta.items():
-            if meta.get("type") == "rgb" and arrays[key].dtype != np.uint8:
-                raise ValueError(f"obs[{key!r}] is an image and must be uint8 [.., H, W, 3], got {arrays[key].dtype}")
         return arrays, batched
 
 
+NoiseSource = Union[np.random.Generator, torch.Generator]
+
+
+def _normal(source: NoiseSource, shape: tuple[int, ...], batch: int) -> np.ndarray:
+    """[batch, *shape] standard normal float32 from a numpy or torch generator."""
+    if isinstance(source, torch.Generator):
+        return torch.randn((batch, *shape), generator=source).numpy()
+    return source.standard_normal((batch, *shape), dtype=np.float32)

@@ -75,6 +75,7 @@ class EnvRunner:
         vector = (gym.vector.AsyncVectorEnv([self.make_env] * self.n_envs, context=self.mp_context, autoreset_mode=mode)
                   if self.n_envs > 1 else gym.vector.SyncVectorEnv([self.make_env], autoreset_mode=mode))
         episodes, latencies, videos = [], [], []
+        failed = True
         try:
             with tqdm(total=len(self.seeds), desc="rollouts", dynamic_ncols=True, leave=False) as bar:
                 for start in range(0, len(self.seeds), self.n_envs):
@@ -85,8 +86,9 @@ class EnvRunner:
                         if episode_frames:
                             videos.append(self._write_video(episode_frames, episode))
                     bar.update(len(seeds))
+            failed = False
         finally:
-            vector.close()
+            vector.close(terminate=failed)  # a dead or stuck worker cannot take part in an orderly close
         return self._summary(episodes, latencies, videos)
 
     def _round(self, vector: gym.vector.VectorEnv, policy: ChunkPolicy, seeds: list[int],
@@ -96,7 +98,7 @@ class EnvRunner:
         record = [i < len(seeds) and seeds[i] - self.seeds[0] < self.n_videos for i in range(n)]
         vector.set_attr("recording", record)
         env_seeds = seeds + [seeds[-1]] * (n - len(seeds))
-        obs, _ = vector.reset(seed=env_seeds)
+        obs, _ = _await(vector, env_seeds, "reset", seed=env_seeds)
         noise = [torch.Generator().manual_seed(seed) for seed in env_seeds]
         policy.reset()
         done, success = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
@@ -107,7 +109,7 @@ class EnvRunner:
             actions = policy.predict_action(obs, generator=noise)
             latencies.append(1e3 * (time.perf_counter() - begin))
             actions = actions.detach().cpu().numpy() if hasattr(actions, "detach") else np.asarray(actions)
-            obs, reward, terminated, truncated, info = vector.step(actions)
+            obs, reward, terminated, truncated, info = _await(vector, env_seeds, "step", actions)
             live = ~done
             max_reward[live] = np.maximum(max_reward[live], reward[live])
             success[live] |= np.asarray(info["is_success"], dtype=bool)[live]
@@ -142,6 +144,37 @@ class EnvRunner:
         result["latency_ms"] = {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))}
         result["episodes"], result["videos"] = episodes, videos
         return result
+
+
+class EnvWorkerDied(RuntimeError):
+    """An env worker process ended during an episode (killed, out of memory, a crash in the simulator)."""
+
+
+def _await(vector: gym.vector.VectorEnv, env_seeds: list[int], call: str, *args: Any, **kwargs: Any) -> Any:
+    """vector.reset/step, watching the worker processes while it waits: a worker that dies is an EnvWorkerDied naming
+    its episode's seed, where gymnasium would wait on its pipe for ever or fail with a bare EOFError."""
+    if not isinstance(vector, gym.vector.AsyncVectorEnv):
+        return getattr(vector, call)(*args, **kwargs)
+    getattr(vector, f"{call}_async")(*args, **kwargs)
+    pending = list(range(vector.num_envs))
+    while pending:
+        _raise_if_a_worker_died(vector, env_seeds, call)
+        pending = [i for i in pending if not vector.parent_pipes[i].poll(0.2)]  # a dead worker's pipe polls ready (EOF)
+    try:
+        return getattr(vector, f"{call}_wait")()
+    except (EOFError, ConnectionError):  # it died after answering the poll: wait for its exit code
+        for process in vector.processes:
+            process.join(timeout=5)
+        _raise_if_a_worker_died(vector, env_seeds, call)
+        raise
+
+
+def _raise_if_a_worker_died(vector: gym.vector.AsyncVectorEnv, env_seeds: list[int], call: str) -> None:
+    for i, process in enumerate(vector.processes):
+        if process.exitcode is not None:
+            raise EnvWorkerDied(f"env worker {i} (pid {process.pid}) ended with exit code {process.exitcode} during the "
+                                f"episode of seed {env_seeds[i]} ({call}); the evaluation stopped. Episodes are seeded, so "
+                                f"re-running it repeats the same episodes: check that seed's env for a crash, or the machine's memory")
 
 
 def episode_metrics(episodes: list[dict]) -> dict[str, float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import math
 import queue
-import sys
 import threading
 import time
 from collections import deque
@@ -30,9 +29,8 @@ import hydra
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval_policy import load_for_eval, positive_int  # noqa: E402
+from drift_policy.cli import positive_int
+from drift_policy.evaluation import load_for_eval
 
 Infer = Callable[[dict[str, np.ndarray]], np.ndarray]  # observation history [To, ...] -> full chunk [T, Da]
 

@@ -118,6 +118,10 @@ def test_dataset_errors_name_the_problem(pusht):
         PolicyDataset(_toy_buffer((3, 2)), ["x"], horizon=16, n_obs_steps=2, n_action_steps=2, val_ratio=0)
     with pytest.raises(IndexError, match="out of range"):
         PolicyDataset(_toy_buffer(), ["x"], horizon=4, n_obs_steps=2, n_action_steps=3, val_ratio=0).get_batch(np.array([8]))
+    broken = ReplayBuffer({**pusht.data, "action": pusht.data["action"].copy()}, pusht.episode_ends)
+    broken.data["action"][pusht.episode_ends[2] + 5, 1] = np.nan  # step 5 of episode 3
+    with pytest.raises(ValueError, match=rf"'action' holds NaN or inf \(first at step {pusht.episode_ends[2] + 5}, episode 3\)"):
+        PolicyDataset(broken, ["keypoint"], horizon=16, n_obs_steps=2, n_action_steps=8)
 
 
 # --- Push-T reader ----------------------------------------------------------------------------------

@@ -124,3 +124,20 @@ def test_runner_refuses_bad_input_with_the_expected_shapes(pusht, tmp_path):
     (tmp_path / "drift.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"has no \['drift.json'\]"):
         OnnxPolicy.load(tmp_path / "drift.onnx")
+
+
+def test_the_evaluator_scores_an_exported_policy_like_the_torch_one(pusht, tmp_path):
+    """The runner passes one torch generator per episode; the exported drift policy draws row i's noise from it as
+    torch does, so each seed's episode matches the torch policy's (within the graph's float tolerance)."""
+    from envs.pusht import make_pusht_env
+    from envs.runner import EnvRunner
+
+    buffer, _ = pusht
+    policy = _policy(buffer)
+    exported = OnnxPolicy.load(policy.export(tmp_path / "drift.onnx"), num_threads=1)
+    runner = EnvRunner(make_pusht_env, 2, 8, max_steps=24, n_rollouts=3, n_envs=1)
+    torch_scores = [e["max_reward"] for e in runner.run(policy)["episodes"]]
+    onnx_scores = [e["max_reward"] for e in runner.run(exported)["episodes"]]
+    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="got 2 generators for a batch of 3; pass one per batch row"):
+        exported.predict_action(_obs(buffer, None, policy.obs_meta), generator=[torch.Generator(), torch.Generator()])

@@ -110,8 +110,10 @@ def test_drift_loss_is_finite_and_trains_only_what_it_should(dataset, batch):
         (lambda o: o.__setitem__("agent_pos", np.full((4, 2, 2), 1e300)), r"obs\['agent_pos'\] contains NaN or infinite values"),
         (lambda o: o.update({k: v[:0] for k, v in o.items()}), r"same batch size B >= 1 for every key, got \{'keypoint': 0, 'agent_pos': 0\}"),
         (lambda o: o.__setitem__("agent_pos", o["agent_pos"][:3]), r"same batch size B >= 1 for every key, got \{'keypoint': 4, 'agent_pos': 3\}"),
+        (lambda o: o.__setitem__("agent_pos", o["agent_pos"].astype(str)), r"obs\['agent_pos'\] has dtype <U\d+; low-dim observations must be real numbers"),
+        (lambda o: o.__setitem__("agent_pos", o["agent_pos"].astype(complex)), r"obs\['agent_pos'\] has dtype complex128"),
     ],
-    ids=["missing-key", "wrong-shape", "nan", "float32-overflow", "batch-0", "batch-sizes-differ"],
+    ids=["missing-key", "wrong-shape", "nan", "float32-overflow", "batch-0", "batch-sizes-differ", "strings", "complex"],
 )
 def test_bad_observations_are_refused_with_what_was_expected(drift_policy, batch, mutate, message):
     obs = {k: v.numpy().copy() for k, v in batch["obs"].items()}
@@ -221,3 +223,17 @@ def test_one_generator_per_row_makes_each_rows_noise_its_own(dataset, batch, kin
     assert (other[0] - together[2]).abs().max() > 1e-2
     with pytest.raises(ValueError, match="got 2 generators for a batch of 4"):
         policy.predict_action(batch["obs"], generator=gens([1, 2]))
+
+
+@pytest.mark.parametrize("kind", sorted(Policy.registry))
+def test_saved_config_holds_every_constructor_argument(kind):
+    """config.json is init_kwargs, kept by each class: a parameter missing there would come back as its default."""
+    import inspect
+
+    cls = Policy.registry[kind]
+    params = {name for klass in cls.__mro__ if klass.__dict__.get("__init__") and issubclass(klass, Policy)
+              for name, p in inspect.signature(klass.__dict__["__init__"]).parameters.items()
+              if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    shape_meta = {"obs": {"agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}
+    policy = cls(shape_meta=shape_meta, unet={"down_dims": [8, 16, 32]})
+    assert set(policy.init_kwargs) == params

@@ -150,7 +150,7 @@ def _noise_driven_policy():
 
 
 def test_an_episode_score_depends_only_on_policy_and_seed_not_on_n_envs():
-    from drift_policy.training.trainer import make_runner
+    from drift_policy.evaluation import make_runner
 
     policy = _noise_driven_policy()
     task = policy.init_kwargs["task"]

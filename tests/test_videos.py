@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from drift_policy.training.trainer import train
-from eval_policy import evaluate
+from drift_policy.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["policy.unet.down_dims=[8,16,32]", "train.batch_size=4", "train.num_steps=2", "train.warmup_steps=1",

@@ -39,6 +39,13 @@ class PolicyDataset(Dataset):
                              "Make the task's shape_meta keys match its dataset reader")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        for key in [*obs_keys, "action"]:
+            values = buffer.data[key]
+            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+                step = int(np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0])
+                episode = int(np.searchsorted(buffer.episode_ends, step, side="right"))
+                raise ValueError(f"the dataset's {key!r} holds NaN or inf (first at step {step}, episode {episode}): the "
+                                 "normaliser and the loss would turn it into NaN weights. Fix or drop those steps in the source file")
         if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon:
             raise ValueError(f"need 1 <= n_obs_steps, n_action_steps <= horizon, got To={n_obs_steps}, "
                              f"Ta={n_action_steps}, T={horizon}")

@@ -13,10 +13,12 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+from drift_policy.atomic import write_files
 from drift_policy.models import ConditionalUnet1D, ObsEncoder
 from drift_policy.normalizer import Normalizer
 
@@ -176,14 +178,13 @@ class Policy(nn.Module):
         return _plain({"policy_type": self.policy_type, **self.init_kwargs})
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors and normalizer.safetensors (each written atomically)."""
+        """Write config.json, model.safetensors and normalizer.safetensors, all or none: a crash or a full disk
+        (DiskFullError naming the path) leaves the folder's previous policy as it was."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
-        _atomic(directory / WEIGHTS_FILE, lambda p: save_file(weights, str(p)))
         stats = {k: v.detach().cpu().contiguous() for k, v in self.normalizer.state_dict().items()}
-        _atomic(directory / NORMALIZER_FILE, lambda p: save_file(stats, str(p)))
-        _atomic(directory / CONFIG_FILE, lambda p: p.write_text(json.dumps(self.config, indent=2)))
+        write_files({directory / WEIGHTS_FILE: save_safetensors(weights), directory / NORMALIZER_FILE: save_safetensors(stats),
+                     directory / CONFIG_FILE: json.dumps(self.config, indent=2).encode()})
         return directory
 
     def export(self, path: str | Path, format: str = "onnx") -> Path:
@@ -256,7 +257,7 @@ def _weights_problem(policy: Policy, weights: Mapping[str, Tensor]) -> str | Non
 def check_obs_history(obs: Mapping[str, ArrayLike], obs_meta: Mapping[str, Mapping], n_obs_steps: int,
                       ) -> tuple[dict[str, np.ndarray], bool, bool]:
     """The input rules of predict_action, shared with the exported runtime: every key, each value [B, To, ...] or
-    [To, ...], one batch size B >= 1, low-dim values finite as float32. Returns (batched arrays with low-dim as
+    [To, ...], one batch size B >= 1, images uint8, low-dim values real and finite as float32. Returns (batched arrays with low-dim as
     float32, whether the input was batched, whether it was numpy)."""
     if not isinstance(obs, Mapping):
         raise ValueError(f"obs must be a dict with keys {sorted(obs_meta)}, got {type(obs).__name__}")
@@ -276,7 +277,12 @@ def check_obs_history(obs: Mapping[str, ArrayLike], obs_meta: Mapping[str, Mappi
             raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
         batched = is_batched
         value = value if is_batched else value[None]
-        if meta.get("type") != "rgb":
+        if meta.get("type") == "rgb":
+            if value.dtype != np.uint8:
+                raise ValueError(f"obs[{key!r}] is an image and must be uint8 [.., H, W, 3] (0-255), got {value.dtype}")
+        else:
+            if value.dtype != np.bool_ and not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+                raise ValueError(f"obs[{key!r}] has dtype {value.dtype}; low-dim observations must be real numbers (cast to float32)")
             with np.errstate(over="ignore"):
                 value = value.astype(np.float32, copy=False)
             if not np.isfinite(value).all():  # after the cast: 1e300 becomes inf
@@ -286,13 +292,6 @@ def check_obs_history(obs: Mapping[str, ArrayLike], obs_meta: Mapping[str, Mappi
     if len(set(sizes.values())) > 1 or 0 in sizes.values():
         raise ValueError(f"obs needs the same batch size B >= 1 for every key, got {sizes}")
     return arrays, bool(batched), as_numpy
-
-
-def _atomic(path: Path, write: Any) -> None:
-    """Write through a temp file and rename, so a killed process never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,7 @@ class DriftPolicy(Policy):
     def __init__(
         self,
         *args: Any,
-        n_generated: int = 8,
+        n_generated: int = 4,
         drift_on: Literal["chunk", "timestep"] = "chunk",
         drift: Mapping[str, Any] | None = None,
         noise_std: float = 1.0,

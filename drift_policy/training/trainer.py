@@ -2,12 +2,14 @@
 periodic rollouts, logs, atomic checkpoints and resume."""
 from __future__ import annotations
 
+import contextlib
 import copy
-import functools
 import json
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 import numpy as np
@@ -17,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from drift_policy.data.dataset import PolicyDataset
+from drift_policy.evaluation import make_runner
 from drift_policy.policies import Policy
-from drift_policy.training.checkpoint import load_checkpoint, save_checkpoint
+from drift_policy.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from drift_policy.training.logging import RunLogger
 from drift_policy.training.schedule import LRSchedule
-from envs.runner import EnvRunner
 
 POLICY_DIR = "policy"
 SNAPSHOT_DIR = "snapshots"  # <run>/snapshots/<pct>pct: the EMA policy at train.snapshots fractions of the budget
@@ -74,14 +76,32 @@ def build_policy(cfg: DictConfig) -> Policy:
     )
 
 
-def make_runner(task: dict[str, Any], n_rollouts: int, seed_start: int, n_envs: int | None = None,
-                n_videos: int = 0, video_dir: Path | None = None) -> EnvRunner:
-    """Rollout runner for a task config (a plain dict, as saved inside a policy)."""
-    env_fn = functools.partial(hydra.utils.instantiate, task["env"])
-    return EnvRunner(
-        env_fn, n_obs_steps=task["n_obs_steps"], n_action_steps=task["n_action_steps"], max_steps=task["max_steps"],
-        n_rollouts=n_rollouts, seed_start=seed_start, n_envs=n_envs, n_videos=n_videos, video_dir=video_dir,
-    )
+class TrainingStopped(Exception):
+    """Training stopped on SIGTERM or SIGINT after writing a checkpoint; the same command resumes it."""
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[signal.Signals]]:
+    """While open, SIGTERM and SIGINT (preemption, Ctrl-C) are recorded in the yielded list instead of killing the
+    process mid-step; a second one acts at once as usual. No-op outside the main thread, where signals cannot be set."""
+    received: list[signal.Signals] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+
+    def handle(signum: int, frame: Any) -> None:
+        received.append(signal.Signals(signum))
+        signal.signal(signum, previous[signum])  # a second signal is not deferred
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (send it again to stop at once)", flush=True)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handle)
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:
@@ -182,44 +202,52 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     bar = tqdm(total=tc.get("num_steps"), initial=step, desc="train", dynamic_ncols=True)
     window: list[float] = []
     step_start = clock = time.perf_counter()
-    while (progress := schedule.progress(step, train_seconds + time.perf_counter() - clock)) < 1.0:
-        lr = schedule(step, progress)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        indices = rng.integers(0, len(dataset), size=tc.batch_size)
-        batch = dataset.get_batch(indices)
-        batch = {"obs": _to(batch["obs"], device), "action": batch["action"].to(device)}
-        if policy.extra_positives:
-            batch["neighbor_action"] = dataset.neighbor_actions(indices, policy.extra_positives).to(device)
-        loss, info = policy.compute_loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the dataset for NaN")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.get("grad_clip"):
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
-        optimizer.step()
-        ema.step(policy.parameters())
-        step += 1
-        window.append(loss.item())
-        bar.update(1)
-        if step % tc.log_every == 0:
-            log_window()
-        if step % tc.checkpoint_every == 0:
-            now = time.perf_counter()
-            train_seconds, clock = train_seconds + now - clock, now
-            checkpoint()
-        if pending_snapshots and progress_now() >= pending_snapshots[0]:
-            train_seconds += time.perf_counter() - clock
-            save_snapshot(pending_snapshots.pop(0))
-            clock = time.perf_counter()  # saving is not training time
-        if tc.eval_every and step % tc.eval_every == 0 and schedule.progress(step, 0.0) < 1.0:
-            train_seconds += time.perf_counter() - clock
-            metrics = evaluate()
-            logger.log(step, metrics)
-            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-            policy.train()
-            clock = step_start = time.perf_counter()  # the evaluation's time is not training time
+    with stop_requests() as stop:  # SIGTERM / Ctrl-C: checkpoint at the next step boundary, then TrainingStopped
+        while (progress := schedule.progress(step, train_seconds + time.perf_counter() - clock)) < 1.0:
+            if stop:
+                train_seconds += time.perf_counter() - clock
+                checkpoint()
+                bar.close()
+                logger.close()
+                raise TrainingStopped(f"stopped by {stop[0].name} at step {step}: checkpoint saved to {run_dir / CHECKPOINT}; "
+                                      f"run the same command to resume")
+            lr = schedule(step, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            indices = rng.integers(0, len(dataset), size=tc.batch_size)
+            batch = dataset.get_batch(indices)
+            batch = {"obs": _to(batch["obs"], device), "action": batch["action"].to(device)}
+            if policy.extra_positives:
+                batch["neighbor_action"] = dataset.neighbor_actions(indices, policy.extra_positives).to(device)
+            loss, info = policy.compute_loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the dataset for NaN")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), tc.grad_clip)
+            optimizer.step()
+            ema.step(policy.parameters())
+            step += 1
+            window.append(loss.item())
+            bar.update(1)
+            if step % tc.log_every == 0:
+                log_window()
+            if step % tc.checkpoint_every == 0:
+                now = time.perf_counter()
+                train_seconds, clock = train_seconds + now - clock, now
+                checkpoint()
+            if pending_snapshots and progress_now() >= pending_snapshots[0]:
+                train_seconds += time.perf_counter() - clock
+                save_snapshot(pending_snapshots.pop(0))
+                clock = time.perf_counter()  # saving is not training time
+            if tc.eval_every and step % tc.eval_every == 0 and schedule.progress(step, 0.0) < 1.0:
+                train_seconds += time.perf_counter() - clock
+                metrics = evaluate()
+                logger.log(step, metrics)
+                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                policy.train()
+                clock = step_start = time.perf_counter()  # the evaluation's time is not training time
     if window:
         log_window()
     bar.close()

@@ -1,0 +1,104 @@
+"""Evaluation, owned by the library: a task's rollout runner, Diffusion Policy's protocol on a saved policy (seeded
+episodes, metrics with standard errors, DP's 50 test seeds as a subset, predict_action latency, videos), and the mode
+balance of multimodal tasks. eval_policy.py, the trainer's periodic rollouts, bench/ and examples/ all call it."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from drift_policy import atomic
+from drift_policy.policies import Policy
+from envs.runner import EnvRunner, episode_metrics
+
+__all__ = ["DP_TEST_SEEDS", "make_runner", "load_for_eval", "batch1_latency_ms", "evaluate", "evaluate_once",
+           "episode_metrics", "mode_shares", "successful_orders"]
+
+DP_TEST_SEEDS = range(100000, 100050)  # Diffusion Policy's Push-T test initial states
+
+
+def make_runner(task: dict[str, Any], n_rollouts: int, seed_start: int, n_envs: int | None = None,
+                n_videos: int = 0, video_dir: Path | None = None) -> EnvRunner:
+    """Rollout runner for a task config (a plain dict, as saved inside a policy)."""
+    env_fn = functools.partial(hydra.utils.instantiate, task["env"])
+    return EnvRunner(
+        env_fn, n_obs_steps=task["n_obs_steps"], n_action_steps=task["n_action_steps"], max_steps=task["max_steps"],
+        n_rollouts=n_rollouts, seed_start=seed_start, n_envs=n_envs, n_videos=n_videos, video_dir=video_dir,
+    )
+
+
+def load_for_eval(policy_dir: Path, device: str) -> Policy:
+    """The saved policy on `device`, refused with the reason when it cannot be evaluated in a simulator."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA device here; use --device cpu")
+    policy = Policy.from_pretrained(policy_dir, device=device)
+    task = policy.init_kwargs.get("task") or {}
+    missing = [k for k in ("name", "env", "max_steps", "n_obs_steps", "n_action_steps") if k not in task]
+    if missing:
+        raise ValueError(f"{policy_dir / 'config.json'} has no task config to build an env from (missing task keys {missing}). "
+                         "Policies trained by train_policy.py carry it; when building a policy in Python, pass "
+                         "task=<the task yaml as a dict> (e.g. OmegaConf.to_container(cfg.task, resolve=True)) before save_pretrained.")
+    return policy
+
+
+def batch1_latency_ms(policy: Policy, obs: dict[str, np.ndarray], calls: int = 50) -> dict[str, float]:
+    """predict_action wall time for one observation history, after a few warm-up calls."""
+    times = []
+    for i in tqdm(range(5 + calls), desc=f"latency, batch 1 ({policy.nfe} NFE)", dynamic_ncols=True, leave=False):
+        start = time.perf_counter()
+        policy.predict_action(obs)
+        if i >= 5:
+            times.append(1e3 * (time.perf_counter() - start))
+    return {"p50": float(np.percentile(times, 50)), "p95": float(np.percentile(times, 95)), "p99": float(np.percentile(times, 99))}
+
+
+def evaluate(policy_dir: Path, rollouts: int, seed_start: int, n_envs: int | None, videos: int, out_dir: Path,
+             device: str = "cpu") -> dict:
+    """Run the rollouts and write eval.json; returns its content."""
+    policy_dir, out_dir = Path(policy_dir).resolve(), Path(out_dir).resolve()
+    policy = load_for_eval(policy_dir, device)
+    task = policy.init_kwargs["task"]
+    runner = make_runner(task, rollouts, seed_start, n_envs=n_envs, n_videos=videos, video_dir=out_dir / "videos")
+    result = runner.run(policy)
+    dp_test = [e for e in result["episodes"] if e["seed"] in DP_TEST_SEEDS]
+    if dp_test and len(dp_test) < len(result["episodes"]):
+        result["dp_test_seeds"] = {"seeds": [dp_test[0]["seed"], dp_test[-1]["seed"]], "n": len(dp_test), **episode_metrics(dp_test)}
+    env = runner.env_fn()
+    first_obs, _ = env.reset(seed=seed_start)
+    env.close()
+    history = {k: np.stack([first_obs[k]] * policy.n_obs_steps) for k in policy.obs_meta}
+    result["latency_batch1_ms"] = batch1_latency_ms(policy, history)
+    result.update(policy=str(policy_dir), policy_type=policy.policy_type, task=task["name"], nfe=policy.nfe,
+                  rollouts=rollouts, seed_start=seed_start, device=device)
+    atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=2, default=str))
+    return result
+
+
+def evaluate_once(policy_dir: Path, rollouts: int, n_envs: int, videos: int, out_dir: Path, device: str) -> dict:
+    """evaluate() from seed 100000, or its saved eval.json when it already covers these rollouts (a killed arm
+    re-runs only what it had not finished)."""
+    saved = out_dir / "eval.json"
+    if saved.exists():
+        result = json.loads(saved.read_text())  # written atomically: whole or absent
+        if result.get("rollouts") == rollouts and result.get("policy") == str(Path(policy_dir).resolve()):
+            return result
+    return evaluate(policy_dir, rollouts, 100000, n_envs, videos, out_dir, device=device)
+
+
+def mode_shares(orders: list[list[str]]) -> dict[str, float]:
+    """Share of each order (its steps joined by ", "), most frequent first."""
+    counts = Counter(", ".join(order) for order in orders)
+    return {mode: n / len(orders) for mode, n in counts.most_common()}
+
+
+def successful_orders(episodes: list[dict]) -> list[list[str]]:
+    """The orders of the successful episodes (all blocks / tasks done)."""
+    return [e["order"] for e in episodes if e["success"] and "order" in e]
