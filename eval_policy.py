@@ -1,4 +1,5 @@
-"""Evaluate a saved policy with Diffusion Policy's protocol: `python eval_policy.py --rollouts 50`.
+"""Evaluate a saved policy with Diffusion Policy's protocol: `python eval_policy.py --rollouts 50`, or its ONNX
+export with the same runner, seeds and metrics: `python eval_policy.py --onnx policy.onnx`.
 
 Episode i runs seed seed_start + i for both the env and the policy's sampling noise, so a score depends
 only on (policy, seeds). Writes eval.json (mean_score, success_rate and p1..pK with standard errors,
@@ -47,23 +48,29 @@ def summary_table(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=None, help="a saved policy folder (default: the latest run's)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, default=None, help="a saved policy folder (default: the latest run's)")
+    source.add_argument("--onnx", type=Path, default=None, help="an exported policy (export_onnx's .onnx, its .json beside it), run by onnxruntime")
     parser.add_argument("--rollouts", type=positive_int, default=50)
     parser.add_argument("--seed-start", type=int, default=100000, help="episode i uses seed seed_start + i")
     parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel env processes (default: one per core)")
     parser.add_argument("--videos", type=non_negative_int, default=4, help="number of episodes to record")
     parser.add_argument("--device", default="cpu", help="torch device for the policy: cpu, cuda, cuda:1 ...")
-    parser.add_argument("--output", type=Path, default=None, help="default: <run>/eval")
+    parser.add_argument("--output", type=Path, default=None, help="default: <run>/eval, or <name>_eval beside an .onnx file")
     args = parser.parse_args()
-    if args.checkpoint is None:
-        policy_dir = latest_policy()
-        print(f"--checkpoint not given: evaluating the most recently saved policy, {policy_dir.resolve()}")
+    if args.onnx is not None:
+        if args.onnx.suffix != ".onnx" or not args.onnx.is_file():
+            parser.error(f"--onnx {args.onnx} is not an .onnx file: pass a file written by drift_policy.export.export_onnx")
+        policy_path = args.onnx
+    elif args.checkpoint is None:
+        policy_path = latest_policy()
+        print(f"--checkpoint not given: evaluating the most recently saved policy, {policy_path.resolve()}")
     elif not args.checkpoint.is_dir():
         parser.error(f"--checkpoint {args.checkpoint} is not a folder: pass the policy folder of a run (outputs/runs/<name>/policy)")
     else:
-        policy_dir = args.checkpoint
-    out_dir = args.output or policy_dir.parent / "eval"
-    result = evaluate(policy_dir, args.rollouts, args.seed_start, args.n_envs, args.videos, out_dir, args.device)
+        policy_path = args.checkpoint
+    out_dir = args.output or (policy_path.with_name(f"{policy_path.stem}_eval") if args.onnx else policy_path.parent / "eval")
+    result = evaluate(policy_path, args.rollouts, args.seed_start, args.n_envs, args.videos, out_dir, args.device)
     print(summary_table(result))
     print(f"wrote {out_dir.resolve() / 'eval.json'}")
 

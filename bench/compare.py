@@ -18,60 +18,13 @@ import datetime
 import json
 import os
 import platform
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from drift_policy.budget import DEFAULT_ARMS, arm_run_dir, parse_arm, run_arm
+from drift_policy.cli import non_negative_int, positive_float, positive_int
+from drift_policy.evaluation import markdown_table
 
-from bench.common import RESULTS, markdown_table, train_for_minutes  # noqa: E402
-from drift_policy.policies import Policy  # noqa: E402
-from drift_policy.cli import non_negative_int, positive_float, positive_int  # noqa: E402
-from drift_policy.evaluation import episode_metrics, evaluate_once  # noqa: E402
-from drift_policy.training.trainer import SNAPSHOT_DIR  # noqa: E402
-
-DEFAULT_ARMS = ["drift=policy=drift", "diffusion=policy=diffusion policy.sampler=ddpm policy.num_inference_steps=100"]
-
-
-def parse_arm(text: str) -> tuple[str, list[str]]:
-    """'name=override override ...' -> (name, overrides)."""
-    name, sep, overrides = text.partition("=")
-    if not sep or not name:
-        raise SystemExit(f"--arms entry {text!r} must look like 'name=policy=drift policy.n_generated=4'")
-    return name, overrides.split()
-
-
-CURVE = (0.25, 0.5, 0.75)  # fractions of the budget at which a learning curve evaluates the EMA policy
-
-
-def run_arm(name: str, overrides: list[str], args: argparse.Namespace) -> dict:
-    """Train one arm for the budget and evaluate it; the row of the table plus the facts behind it. Resumable at any
-    point. With args.curve_rollouts > 0 the EMA policy at CURVE fractions of the budget is scored on that many
-    episodes too (result["curve"]: minutes and metrics, ending with the final evaluation)."""
-    run_dir = RESULTS / "runs" / f"{args.name}_{args.task}_{name}_{args.minutes:g}min"
-    curve_rollouts = getattr(args, "curve_rollouts", 0)
-    policy_dir, facts = train_for_minutes(args.minutes, [f"task={args.task}", f"device={args.device}", *overrides, *args.overrides],
-                                          run_dir, snapshots=CURVE if curve_rollouts else ())
-    result = evaluate_once(policy_dir, args.rollouts, args.n_envs, 2, run_dir / "eval", args.device)
-    curve = []
-    for snapshot in sorted((run_dir / SNAPSHOT_DIR).glob("*pct")) if curve_rollouts else []:
-        point = evaluate_once(snapshot, curve_rollouts, args.n_envs, 0, run_dir / "curve" / snapshot.name, args.device)
-        meta = json.loads((snapshot / "snapshot.json").read_text())
-        curve.append({"minutes": meta["train_minutes"], "steps": meta["step"], "rollouts": curve_rollouts, **episode_metrics(point["episodes"])})
-    if curve:
-        curve.append({"minutes": facts["train_minutes"], "steps": facts["steps"], "rollouts": args.rollouts, **episode_metrics(result["episodes"])})
-    params = sum(p.numel() for p in Policy.from_pretrained(policy_dir).parameters())
-    row = {"arm": name, "mean_score": _pm(result, "mean_score"), "success": _pm(result, "success_rate")}
-    if "dp_test_seeds" in result:
-        subset = result["dp_test_seeds"]
-        row.update({"mean_score (first 50)": _pm(subset, "mean_score"), "success (first 50)": _pm(subset, "success_rate")})
-    row.update({"NFE": result["nfe"], "latency p50 ms": round(result["latency_batch1_ms"]["p50"], 2), "steps": facts["steps"],
-                "s/step": round(facts["step_time_s"], 3), "final lr": f"{facts['final_lr']:.1e}", "params M": round(params / 1e6, 2)})
-    return {"row": row, "overrides": overrides, "result": {k: v for k, v in result.items() if k != "episodes"},
-            "episodes": result["episodes"], "train": facts, "curve": curve}
-
-
-def _pm(result: dict, key: str) -> str:
-    return f"{result[key]:.3f} ± {result[key + '_se']:.3f}"
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -86,7 +39,10 @@ def main() -> None:
     parser.add_argument("--curve-rollouts", type=non_negative_int, default=0, help="score the policy at 25/50/75%% of the budget on this many episodes too")
     parser.add_argument("overrides", nargs="*", help="train_policy.py overrides applied to every arm")
     args = parser.parse_args()
-    arms = [parse_arm(a) for a in args.arms]
+    try:
+        arms = [parse_arm(a) for a in args.arms]
+    except ValueError as err:
+        parser.error(f"--arms: {err}")
     out = RESULTS / f"{args.name}.json"
     setting = {"task": args.task, "minutes": args.minutes, "rollouts": args.rollouts, "device": args.device, "overrides": args.overrides}
     done = json.loads(out.read_text()) if out.exists() else {}
@@ -96,7 +52,10 @@ def main() -> None:
         if done["arms"].get(name, {}).get("overrides") == overrides:
             print(f"{name}: already measured, see {out}")
             continue
-        done["arms"][name] = run_arm(name, overrides, args)
+        done["arms"][name] = run_arm(name, overrides, task=args.task, minutes=args.minutes,
+                                     run_dir=arm_run_dir(RESULTS, args.name, args.task, name, args.minutes),
+                                     rollouts=args.rollouts, n_envs=args.n_envs, device=args.device,
+                                     curve_rollouts=args.curve_rollouts, extra_overrides=args.overrides)
         done["machine"] = f"{os.cpu_count()}-core {platform.machine()}, torch on {args.device}"
         done["date"] = datetime.date.today().isoformat()
         RESULTS.mkdir(parents=True, exist_ok=True)

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import markdown_table  # noqa: E402
-from drift_policy.drift import drift_loss  # noqa: E402
-from drift_policy.drift.reference import reference_drift  # noqa: E402
+from drift_policy.drift import drift_loss
+from drift_policy.drift.reference import reference_drift
+from drift_policy.evaluation import markdown_table
 
 POLICY_TARGET_MS = 5.0
 

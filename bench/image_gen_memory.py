@@ -15,7 +15,6 @@ at 69.7 GiB on an H100 (bf16).
 from __future__ import annotations
 
 import argparse
-import sys
 import weakref
 from unittest import mock
 from pathlib import Path
@@ -24,18 +23,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hydra import compose, initialize_config_dir
 
-from bench.common import markdown_table  # noqa: E402
-from image_gen.features import MultiScaleFeatures  # noqa: E402
-from image_gen.models.encoder import ResNetEncoder  # noqa: E402
-from image_gen.models import generator as generator_module  # noqa: E402
-from image_gen.models.generator import DriftDiT  # noqa: E402
-from image_gen.trainer import DriftBatch, drift_config, drift_step_loss  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+import image_gen
+from drift_policy.evaluation import markdown_table
+from image_gen.features import MultiScaleFeatures
+from image_gen.models.encoder import ResNetEncoder
+from image_gen.models import generator as generator_module
+from image_gen.models.generator import DriftDiT
+from image_gen.trainer import DriftBatch, drift_config, drift_step_loss
 
 GIB = 2**30
-CONFIGS = str(Path(__file__).resolve().parents[1] / "image_gen" / "configs")
+CONFIGS = str(Path(image_gen.__file__).resolve().parent / "configs")  # image_gen's installed hydra configs
 
 
 class LiveBytes(TorchDispatchMode):

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from drift_policy.budget import compose_cfg
+from drift_policy.evaluation import markdown_table
+from drift_policy.export import OnnxPolicy, export_onnx
+from drift_policy.training.trainer import build_dataset, build_policy
 
-from bench.common import RESULTS, compose_cfg, markdown_table  # noqa: E402
-from drift_policy.export import OnnxPolicy  # noqa: E402
-from drift_policy.training.trainer import build_dataset, build_policy  # noqa: E402
+RESULTS = Path(__file__).resolve().parent / "results"
 
 SIZES = {"64-128-256": [64, 128, 256], "128-256-512": [128, 256, 512], "256-512-1024": [256, 512, 1024]}
 ORT_THREADS = (1, 2)
@@ -67,7 +67,7 @@ def main() -> None:
                 rows.append({**row, "runtime": f"torch {args.threads}t", "batch": batch, "p50_ms": p50, "p99_ms": p99,
                              "forward_ms": forward_ms, "overhead": p50 / (policy.nfe * forward_ms) - 1.0})
                 print(rows[-1], flush=True)
-            path = policy.export(RESULTS / "onnx" / f"{size}_{sampler}.onnx")
+            path = export_onnx(policy, RESULTS / "onnx" / f"{size}_{sampler}.onnx")
             obs = {k: v.numpy() for k, v in dataset.get_batch(np.arange(1))["obs"].items()}
             for threads in ORT_THREADS:
                 runner = OnnxPolicy.load(path, num_threads=threads, seed=0)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -23,12 +21,11 @@ from diffusers.training_utils import EMAModel
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.common import compose_cfg, markdown_table  # noqa: E402
-from drift_policy.drift import drift_loss  # noqa: E402
-from drift_policy.models import unet1d  # noqa: E402
-from drift_policy.training.trainer import build_dataset, build_policy  # noqa: E402
+from drift_policy.budget import compose_cfg, parse_arm
+from drift_policy.drift import drift_loss
+from drift_policy.evaluation import markdown_table
+from drift_policy.models import unet1d
+from drift_policy.training.trainer import build_dataset, build_policy
 
 DEFAULT_ARMS = ["drift=policy=drift", "diffusion=policy=diffusion"]
 
@@ -139,7 +136,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = [profile_arm(name, overrides.split(), args.steps) for name, overrides in (a.split("=", 1) for a in args.arms)]
+    try:
+        arms = [parse_arm(a) for a in args.arms]
+    except ValueError as err:
+        parser.error(f"--arms: {err}")
+    rows = [profile_arm(name, overrides, args.steps) for name, overrides in arms]
     keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
     print(markdown_table([{k: r.get(k, "-") for k in keys} for r in rows]))
     if args.conv:

@@ -3,14 +3,13 @@ with the drift loss alone, from spread-out, far-away and collapsed starts, on fo
 
     python bench/toy2d.py [--steps 2000] [--targets bimodal 8gaussians checkerboard swissroll]
 
-Writes outputs/toy2d/<target>.png (snapshots of the generated points over the target, and the loss and
+Writes bench/results/toy2d/<target>.png (snapshots of the generated points over the target, and the loss and
 raw-drift curves) and prints one table per target: modes covered, energy distance to the target.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from drift_policy.drift import DriftConfig, drift_loss  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 EVAL_SAMPLES = 2000  # the coverage rule: a mode counts with >= half its expected share of these
 # With the paper's (0.02, 0.05, 0.2) every affinity of a tight blob falls to the kernel's 1e-6 clamp, which
@@ -316,9 +314,9 @@ def main() -> None:
                         help="drift temperatures; the paper's 0.02 0.05 0.2 trap collapsed starts at the data mean")
     parser.add_argument("--batch", type=int, default=ToyConfig.n_gen, help="generated = positive points per group")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "toy2d")
+    parser.add_argument("--out", type=Path, default=RESULTS / "toy2d")
     args = parser.parse_args()
-    from bench.common import markdown_table  # heavy (imports the trainer): only for the command line
+    from drift_policy.evaluation import markdown_table  # heavy (the policies, the rollout runner): only for the command line
 
     torch.set_num_threads(args.threads)
     config = ToyConfig(steps=args.steps, n_gen=args.batch, n_pos=args.batch,
@@ -332,7 +330,7 @@ def main() -> None:
         runs = [train_toy(target, init, config, shares) for init in target.inits]
         path = args.out / f"{name}.png"
         plot_runs(target, runs, config.drift.temperatures, path)
-        print(f"\n### {name} ({target.n_modes} modes; {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path})\n")
+        print(f"\n### {name} ({target.n_modes} modes; {path})\n")
         print(markdown_table([summary_row(run, target, floor) for run in runs]), flush=True)
 
 

@@ -1,53 +1,60 @@
 """Make demonstrations with a task's scripted expert and write them in robomimic's hdf5 layout.
 
-    python -m data.generate --task lift --episodes 200 [--out data/generated/lift.hdf5] [--seed 0] [--image]
+    python -m drift_policy.demos.generate --task lift --episodes 200 [--out PATH] [--seed 0]
 
-Episode i is the expert's attempt on scene `seed + i`; only successful attempts are kept, until `episodes` of them
-are written. Expert modules expose `collect_episode(seed, image=False, **kw) -> dict` (obs, actions, states,
-success) and `env_args(image=False, **kw) -> dict`; both get `task=<name>` as a keyword.
+The expert is the one the task's config names (configs/task/<task>.yaml, `expert:`); `--task lift_image` records
+the cameras too. The default output is the task's dataset path. Episode i is the expert's attempt on scene
+`seed + i`; only successful attempts are kept, until `episodes` of them are written. Expert modules expose
+`collect_episode(seed, image=False, **kw) -> dict` (obs, actions, states, success) and
+`env_args(image=False, **kw) -> dict`; both get `task=<the expert's task>` as a keyword.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Iterator
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
-EXPERTS = {
-    "lift": "envs.experts.robosuite",
-    "can": "envs.experts.robosuite",
-    "tool_hang": "envs.experts.robosuite",
-    "block_push": "envs.experts.block_push",
-    "kitchen": "envs.experts.kitchen",
-}
+from drift_policy.cli import positive_int
+from drift_policy.tasks import Task, load_task, task_names
+
 MAX_ATTEMPTS_PER_EPISODE = 3  # give up when the expert succeeds less than a third of the time
 
 
-def expert_module(task: str) -> ModuleType:
-    """The expert of `task`, imported only now: each pulls in its own simulator."""
-    if task not in EXPERTS:
-        raise ValueError(f"no scripted expert for task {task!r}; choose one of {sorted(EXPERTS)}")
-    try:
-        return importlib.import_module(EXPERTS[task])
-    except ModuleNotFoundError as err:
-        if err.name and EXPERTS[task].startswith(err.name):
-            raise ModuleNotFoundError(f"the {task!r} expert ({EXPERTS[task]}) is not in this checkout yet") from err
-        raise
+def expert_tasks() -> list[str]:
+    """The tasks whose config names a scripted expert."""
+    return [name for name in task_names() if load_task(name).expert is not None]
 
 
-def default_path(task: str, image: bool = False) -> Path:
-    return Path("data/generated") / f"{task}{'_image' if image else ''}.hdf5"
+def expert_of(task: str) -> Task:
+    """The task, refused (ValueError) when it has no scripted expert."""
+    definition = load_task(task)
+    if definition.expert is None:
+        raise ValueError(f"no scripted expert for task {task!r}; tasks with one: {', '.join(expert_tasks())}")
+    return definition
+
+
+def ensure_demonstrations(task: Task, demos: int | None = None) -> int | None:
+    """Run the task's scripted expert when its dataset is missing or holds fewer than `demos` (default: the task's
+    count); returns how many the file holds, None for a shipped dataset."""
+    if task.expert is None:
+        return None
+    wanted, have = int(demos or task.expert.demos), task.count_demos()
+    if have >= wanted:
+        return have
+    print(f"{task.dataset_path} holds {have} demonstrations: making {wanted} with the {task.expert.task} expert "
+          f"(the same as `python -m drift_policy.demos.generate --task {task.name} --episodes {wanted}`)", flush=True)
+    generate(task.name, task.dataset_path, episodes=wanted)
+    return wanted
 
 
 def _write_demo(group: h5py.Group, episode: dict, seed: int) -> None:
@@ -83,12 +90,13 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def generate(task: str, out: Path, episodes: int, seed: int = 0, image: bool = False) -> dict:
-    """Write `episodes` successful expert demonstrations to `out` (atomically); returns attempts, successes,
-    success_rate and wall_time_s, also stored in the file's attrs."""
+def generate(task: str, out: str | Path, episodes: int, seed: int = 0) -> dict:
+    """Write `episodes` successful demonstrations of `task`'s expert to `out` (atomically); returns attempts,
+    successes, success_rate and wall_time_s, also stored in the file's attrs."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
-    expert = expert_module(task)
+    definition = expert_of(task)
+    expert, task, image = definition.expert_module(), definition.expert.task, bool(definition.expert.image)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -126,14 +134,15 @@ def generate(task: str, out: Path, episodes: int, seed: int = 0, image: bool = F
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Generate scripted-expert demonstrations (robomimic hdf5 layout).")
-    parser.add_argument("--task", required=True, choices=sorted(EXPERTS))
-    parser.add_argument("--episodes", type=int, default=200, help="successful demonstrations to keep")
-    parser.add_argument("--out", type=Path, default=None, help="default: data/generated/<task>[_image].hdf5")
+    parser.add_argument("--task", required=True, choices=expert_tasks())
+    parser.add_argument("--episodes", type=positive_int, default=None, help="successful demonstrations to keep "
+                        "(default: the task's count, Diffusion Policy's)")
+    parser.add_argument("--out", type=Path, default=None, help="default: the task's dataset path")
     parser.add_argument("--seed", type=int, default=0, help="scene seed of the first attempt")
-    parser.add_argument("--image", action="store_true", help="also record the 84x84 camera images")
     args = parser.parse_args(argv)
-    out = args.out or default_path(args.task, args.image)
-    stats = generate(args.task, out, args.episodes, seed=args.seed, image=args.image)
+    definition = expert_of(args.task)
+    out = args.out or definition.dataset_path
+    stats = generate(args.task, out, args.episodes or int(definition.expert.demos), seed=args.seed)
     print(f"{out}: {stats['successes']} demos; expert success {stats['successes']}/{stats['attempts']} = "
           f"{stats['success_rate']:.3f}; {stats['wall_time_s']:.1f} s")
     if stats["phases"]:

@@ -198,5 +198,5 @@ class BlockPushEnv(gym.Env):
 
 
 def make_block_push_env(image: bool = False, render_size: int = 96, max_steps: int = 350) -> BlockPushEnv:
-    """The BlockPush env of a task config (`env._target_: envs.block_push.make_block_push_env`)."""
+    """The BlockPush env of a task config (`env._target_: drift_policy.envs.block_push.make_block_push_env`)."""
     return BlockPushEnv(image=image, render_size=render_size, max_steps=max_steps)

@@ -108,5 +108,5 @@ class KitchenEnv(gym.Env):
 
 
 def make_kitchen_env(image: bool = False, render_size: int = 96, max_steps: int = 280) -> KitchenEnv:
-    """The Kitchen env of a task config (`env._target_: envs.kitchen.make_kitchen_env`)."""
+    """The Kitchen env of a task config (`env._target_: drift_policy.envs.kitchen.make_kitchen_env`)."""
     return KitchenEnv(image=image, render_size=render_size, max_steps=max_steps)

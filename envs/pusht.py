@@ -62,16 +62,18 @@ class PushTEnv(gym.Wrapper):
     """Dict observations {"keypoint" [18], "agent_pos" [2]} or {"image" uint8 [96, 96, 3], "agent_pos" [2]};
     reward = clip(coverage / 0.95, 0, 1), terminated at coverage > 0.95; info has is_success and coverage.
     reset(seed=s) starts from Diffusion Policy's initial state for s (seeds 100000+ are its test set);
-    options={"reset_to_state": (agent x, y, block x, y, angle)} starts exactly there. render() is an RGB frame."""
+    options={"reset_to_state": (agent x, y, block x, y, angle)} starts exactly there. render() is an RGB frame.
+    Episodes are truncated after `max_steps` steps (None: never)."""
 
-    def __init__(self, obs_type: str = "state", render_size: int = 96, video_size: int = 256) -> None:
+    def __init__(self, obs_type: str = "state", render_size: int = 96, video_size: int = 256,
+                 max_steps: int | None = None) -> None:
         if obs_type not in OBS_TYPES:
             raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
         inner = "state" if obs_type == "state" else "pixels_agent_pos"  # "state" renders nothing
         super().__init__(_ExactPushT(obs_type=inner, render_mode="rgb_array", observation_width=render_size,
                                      observation_height=render_size, visualization_width=video_size,
                                      visualization_height=video_size))
-        self.obs_type = obs_type
+        self.obs_type, self.max_steps, self.steps = obs_type, max_steps, 0
         agent = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
         self.observation_space = spaces.Dict(
             {"keypoint": spaces.Box(-np.inf, np.inf, shape=(18,), dtype=np.float32), "agent_pos": agent}
@@ -90,6 +92,7 @@ class PushTEnv(gym.Wrapper):
         if options.get("reset_to_state") is None and seed is not None:
             options["reset_to_state"] = legacy_pose(dp_initial_state(seed))
         raw, info = self.env.reset(seed=seed, options=options)
+        self.steps = 0
         info["coverage"] = self.env.unwrapped._get_coverage()
         return self._observe(raw), info
 
@@ -105,9 +108,11 @@ class PushTEnv(gym.Wrapper):
         action = np.clip(action, self.action_space.low, self.action_space.high)
         raw, reward, terminated, truncated, info = self.env.step(action)
         info["is_success"] = bool(info["is_success"])
+        self.steps += 1
+        truncated = bool(truncated) or (self.max_steps is not None and self.steps >= self.max_steps)
         return self._observe(raw), float(reward), bool(terminated), truncated, info
 
 
-def make_pusht_env(obs_type: str = "state", render_size: int = 96) -> PushTEnv:
-    """The Push-T env of a task config (`env._target_: envs.pusht.make_pusht_env`)."""
-    return PushTEnv(obs_type=obs_type, render_size=render_size)
+def make_pusht_env(obs_type: str = "state", render_size: int = 96, max_steps: int | None = None) -> PushTEnv:
+    """The Push-T env of a task config (`env._target_: drift_policy.envs.pusht.make_pusht_env`)."""
+    return PushTEnv(obs_type=obs_type, render_size=render_size, max_steps=max_steps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -21,17 +20,8 @@ from gymnasium import spaces
 from scipy.spatial.transform import Rotation
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    env_name: str  # robosuite environment class
-    max_steps: int  # Diffusion Policy's rollout length
-
-
-TASKS = {
-    "lift": TaskSpec("Lift", 400),
-    "can": TaskSpec("PickPlaceCan", 400),
-    "tool_hang": TaskSpec("ToolHang", 700),
-}
+# The robosuite environment class of each task; the rest of a task's facts are in configs/task/<task>.yaml.
+ENV_NAMES = {"lift": "Lift", "can": "PickPlaceCan", "tool_hang": "ToolHang"}
 LOW_DIM_KEYS = ("object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 IMAGE_SIZE = 84
@@ -66,13 +56,13 @@ def controller_config(abs_action: bool = False) -> dict:
 
 
 def env_args(task: str, image: bool = False, abs_action: bool = False, image_size: int = IMAGE_SIZE) -> dict:
-    """robomimic's env_args (env_name, type 1 = robosuite, env_kwargs for robosuite.make) of one of TASKS."""
-    if task not in TASKS:
-        raise ValueError(f"unknown robosuite task {task!r}; choose one of {sorted(TASKS)}")
+    """robomimic's env_args (env_name, type 1 = robosuite, env_kwargs for robosuite.make) of one of ENV_NAMES."""
+    if task not in ENV_NAMES:
+        raise ValueError(f"unknown robosuite task {task!r}; choose one of {sorted(ENV_NAMES)}")
     import robosuite
 
     return {
-        "env_name": TASKS[task].env_name,
+        "env_name": ENV_NAMES[task],
         "env_version": robosuite.__version__,
         "type": 1,
         "env_kwargs": {
@@ -113,7 +103,7 @@ def _modern_controller(config: Mapping[str, Any], abs_action: bool | None) -> di
 
 class RobosuiteEnv(gym.Env):
     """Dict observations (robomimic keys: `object`, `robot0_eef_pos`, ..., `<camera>_image` uint8 HWC upright),
-    reward 1.0 on the task's own success check, terminated on success, truncated after max_steps."""
+    reward 1.0 on the task's own success check, terminated on success, truncated after max_steps (None: never)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
@@ -125,7 +115,6 @@ class RobosuiteEnv(gym.Env):
         args = json.loads(env_args) if isinstance(env_args, str) else copy.deepcopy(dict(env_args))
         kwargs = dict(args.get("env_kwargs", {}))
         name = args.get("env_name")
-        spec = next((s for s in TASKS.values() if s.env_name == name), None)
         if name not in robosuite.ALL_ENVIRONMENTS:
             raise ValueError(f"env_args names robosuite env {name!r}, which robosuite {robosuite.__version__} lacks")
         kwargs["controller_configs"] = _modern_controller(kwargs.get("controller_configs") or controller_config(), abs_action)
@@ -144,7 +133,7 @@ class RobosuiteEnv(gym.Env):
                       ignore_done=True, hard_reset=False)
         self.env = robosuite.make(name, **kwargs)
         self.env_args = {**args, "env_kwargs": {k: v for k, v in kwargs.items() if k != "hard_reset"}}
-        self.max_steps = int(max_steps or (spec.max_steps if spec else 400))
+        self.max_steps = max_steps
         self.render_mode, self.render_size = render_mode, render_size
         self._steps = 0
         raw = self.env.reset()
@@ -247,7 +236,7 @@ class RobosuiteEnv(gym.Env):
         raw, _, _, _ = self.env.step(self.to_robosuite_action(action))
         self._steps += 1
         success = self.is_success()
-        return self._observe(raw), float(success), success, self._steps >= self.max_steps, {"is_success": success}
+        return self._observe(raw), float(success), success, self.max_steps is not None and self._steps >= self.max_steps, {"is_success": success}
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
@@ -261,8 +250,8 @@ class RobosuiteEnv(gym.Env):
 
 def make_robosuite_env(task: str, image: bool = False, abs_action: bool = True, image_size: int = IMAGE_SIZE,
                        max_steps: int | None = None, render_mode: str | None = "rgb_array") -> RobosuiteEnv:
-    """The env of a task config (`env._target_: envs.robosuite_tasks.make_robosuite_env`): low-dim keys, plus
+    """The env of a task config (`env._target_: drift_policy.envs.robosuite_tasks.make_robosuite_env`): low-dim keys, plus
     84x84 agentview and eye-in-hand images when `image`. It renders rgb_array frames for the evaluation's videos, as
     the other envs do (the offscreen context costs nothing per step: Lift 8.5-9.1 ms/step with it, 9.3-10.7 without)."""
     args = env_args(task, image=image, abs_action=abs_action, image_size=image_size)
-    return RobosuiteEnv(args, abs_action=abs_action, max_steps=max_steps or TASKS[task].max_steps, render_mode=render_mode)
+    return RobosuiteEnv(args, abs_action=abs_action, max_steps=max_steps, render_mode=render_mode)

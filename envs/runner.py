@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from envs.multistep import MultiStepWrapper
+from drift_policy.envs.multistep import MultiStepWrapper
 
 # forkserver: a MuJoCo env that renders with EGL hangs in reset in a worker forked from a process that has imported
 # robosuite under MUJOCO_GL=egl or rendered itself (measured: Lift, then BlockPush after Lift, in one process), as the

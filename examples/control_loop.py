@@ -127,12 +127,12 @@ def load_infer(checkpoint: Path, use_onnx: bool, threads: int, seed: int) -> tup
         torch.set_num_threads(threads)
         generator = torch.Generator().manual_seed(seed)
         return (lambda obs: policy.predict_action(obs, full_chunk=True, generator=generator)), policy
-    from drift_policy.export import OnnxPolicy
+    from drift_policy.export import OnnxPolicy, export_onnx
 
     path = checkpoint / "policy.onnx"
     if not path.exists() or path.stat().st_mtime < (checkpoint / "model.safetensors").stat().st_mtime:
         print(f"exporting {path} ...", flush=True)
-        policy.export(path)
+        export_onnx(policy, path)
     runner = OnnxPolicy.load(path, num_threads=threads, seed=seed)
     return (lambda obs: runner.predict_action(obs, full_chunk=True)), policy
 
@@ -150,7 +150,7 @@ def main() -> None:
     if args.hz <= 0:
         parser.error(f"--hz must be > 0, got {args.hz}")
     infer, policy = load_infer(args.checkpoint, args.onnx, args.threads, args.seed)
-    task = policy.init_kwargs["task"]
+    task = policy.config.task
     env = hydra.utils.instantiate(task["env"])
     to, ta, t = policy.n_obs_steps, policy.n_action_steps, policy.horizon
     max_lead = min(ta, t - to + 1 - ta)

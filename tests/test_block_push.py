@@ -7,8 +7,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from envs.block_push import BLOCK_HALF, MAX_MOVE, BlockPushEnv, block_in_targets
-from envs.experts.block_push import collect_episode, env_args
+from drift_policy.envs.block_push import BLOCK_HALF, MAX_MOVE, BlockPushEnv, block_in_targets
+from drift_policy.envs.experts.block_push import collect_episode, env_args
 
 
 def _place(env: BlockPushEnv, blocks: list[tuple[float, float]]) -> None:

@@ -1,8 +1,8 @@
-"""Budgeted (wall-clock) arms survive being killed: training resumes with its clock and LR schedule, a finished arm
-whose evaluation was killed re-runs only the evaluation, and learning-curve snapshots are kept across the kill."""
+"""Budgeted (wall-clock) arms (drift_policy.budget) survive being killed: training resumes with its clock and LR
+schedule, a finished arm whose evaluation was killed re-runs only the evaluation, and learning-curve snapshots are
+kept across the kill. Arms keep the run directories that bench/table.py and bench/compare.py resume from."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench.compare as compare
+from drift_policy.budget import arm_run_dir, compose_cfg, parse_arm, run_arm
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["policy.unet.down_dims=[8,16,32]", "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1",
@@ -65,27 +65,33 @@ def test_killed_budgeted_run_resumes_with_its_clock_and_lr_schedule(tmp_path):
     assert json.loads((run_dir / "snapshots" / "25pct" / "snapshot.json").read_text())["step"] <= state["step"] + 5
 
 
-@pytest.fixture
-def arm_args(tmp_path, monkeypatch) -> argparse.Namespace:
-    monkeypatch.setattr(compare, "RESULTS", tmp_path / "results")
-    return argparse.Namespace(name="t", task="push_t", minutes=0.05, device="cpu", rollouts=2, n_envs=1, curve_rollouts=1,
-                              overrides=[*TINY, "task.max_steps=16"])
+def test_arms_parse_and_name_their_run_dirs_as_the_resumed_benchmarks_expect(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the package's configs, not the cwd's
+    assert compose_cfg(["task=lift", "policy=diffusion"]).task.name == "lift"
+    assert parse_arm("G4=policy=drift policy.n_generated=4") == ("G4", ["policy=drift", "policy.n_generated=4"])
+    with pytest.raises(ValueError, match="must look like 'name=policy=drift"):
+        parse_arm("=policy=drift")
+    assert arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0) == tmp_path / "runs" / "table_push_t_drift_30min"
 
 
-def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(arm_args):
-    first = compare.run_arm("drift", ["policy=drift"], arm_args)
-    run_dir = compare.RESULTS / "runs" / "t_push_t_drift_0.05min"
+def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(tmp_path):
+    run_dir = arm_run_dir(tmp_path / "results", "t", "push_t", "drift", 0.05)
+    arm = dict(task="push_t", minutes=0.05, run_dir=run_dir, rollouts=2, n_envs=1, device="cpu", curve_rollouts=1,
+               extra_overrides=[*TINY, "task.max_steps=16"])
+    first = run_arm("drift", ["policy=drift"], **arm)
+    assert run_dir == tmp_path / "results" / "runs" / "t_push_t_drift_0.05min" and (run_dir / "eval" / "eval.json").exists()
+    assert list(first) == ["row", "overrides", "result", "episodes", "train", "curve"]
     assert [p["rollouts"] for p in first["curve"]] == [1, 1, 1, 2]  # 25/50/75% snapshots, then the final evaluation
     checkpoint_mtime = (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns
     rows = _rows(run_dir)
 
     eval_json = run_dir / "eval" / "eval.json"
     kept = eval_json.stat().st_mtime_ns
-    again = compare.run_arm("drift", ["policy=drift"], arm_args)  # everything done: nothing re-run
+    again = run_arm("drift", ["policy=drift"], **arm)  # everything done: nothing re-run
     assert eval_json.stat().st_mtime_ns == kept and again["train"]["steps"] == first["train"]["steps"]
 
     eval_json.unlink()  # an evaluation killed before it wrote its result
-    third = compare.run_arm("drift", ["policy=drift"], arm_args)
+    third = run_arm("drift", ["policy=drift"], **arm)
     assert eval_json.exists() and third["result"]["rollouts"] == 2
     assert third["train"]["steps"] == first["train"]["steps"] and _rows(run_dir) == rows  # no training step taken
     assert (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns >= checkpoint_mtime

@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from envs.pusht import PushTEnv
+from drift_policy.envs.pusht import PushTEnv
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "control_loop.py"
 spec = importlib.util.spec_from_file_location("control_loop", SCRIPT)

@@ -9,6 +9,7 @@ import zarr
 
 from drift_policy.data import PolicyDataset, ReplayBuffer, SequenceSampler, load_pusht
 from drift_policy.data.dataset import split_episodes
+from drift_policy.tasks import data_path, load_task
 
 PUSHT = "data/pusht/pusht_cchi_v7_replay.zarr"
 REPO = Path(__file__).resolve().parents[1]
@@ -136,11 +137,13 @@ def test_load_pusht_keys_shapes_and_values(pusht):
     assert pusht.episode_slice(0) == slice(0, 161) and pusht.episode_slice(-1).stop == 25650
 
 
-def test_load_pusht_resolves_relative_paths_against_the_repo(monkeypatch, tmp_path):
+def test_task_dataset_paths_are_under_the_data_root_whatever_the_cwd(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    assert load_pusht(PUSHT).n_episodes == 206
+    task = load_task("push_t")
+    assert task.dataset_path.resolve() == (REPO / PUSHT).resolve() and task.make_dataset().n_episodes == 206
+    assert data_path("/elsewhere/demos.hdf5") == Path("/elsewhere/demos.hdf5")
     with pytest.raises(FileNotFoundError, match="missing.zarr does not exist"):
-        load_pusht("data/pusht/missing.zarr")
+        load_pusht("missing.zarr")  # a reader takes its path as given
     with pytest.raises(ValueError, match="obs_type must be one of"):
         load_pusht(PUSHT, obs_type="rgb")
 

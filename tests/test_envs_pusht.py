@@ -6,8 +6,8 @@ import pytest
 import zarr
 from gym_pusht.envs.pusht import PushTEnv as GymPushT
 
-from envs.multistep import MultiStepWrapper
-from envs.pusht import dp_initial_state, make_pusht_env
+from drift_policy.envs.multistep import MultiStepWrapper
+from drift_policy.envs.pusht import dp_initial_state, make_pusht_env
 
 PUSHT = Path(__file__).resolve().parents[1] / "data/pusht/pusht_cchi_v7_replay.zarr"
 GOAL_STATE = np.array([100.0, 100.0, 256.0, 256.0, np.pi / 4])  # block on its goal pose, agent far from it

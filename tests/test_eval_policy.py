@@ -1,4 +1,5 @@
 """eval_policy.py's protocol: standard errors, DP's test-seed subset, devices, and its input errors."""
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,8 @@ def _saved_policy(directory: Path, with_task: bool = True) -> Path:
         cfg = compose("train_policy", overrides=["policy.unet.down_dims=[16,32,64]", "task.max_steps=16"])
     torch.manual_seed(0)
     policy = build_policy(cfg)
-    if not with_task:
-        policy.init_kwargs["task"] = {}
+    if not with_task:  # as built in Python without a task
+        policy = type(policy)(dataclasses.replace(policy.config, task={}))
     policy.fit_normalizer(build_dataset(cfg.task).normalizer_data())
     return policy.save_pretrained(directory)
 

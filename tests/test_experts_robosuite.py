@@ -1,4 +1,4 @@
-"""Scripted robosuite experts and data.generate: Lift episodes succeed, vary between seeds, and write robomimic files."""
+"""Scripted robosuite experts and drift_policy.demos.generate: Lift episodes succeed, vary between seeds, and write robomimic files."""
 import subprocess
 import sys
 import time
@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-import data.generate as gen
-from envs.experts.robosuite import collect_episode, env_args
+import drift_policy.demos.generate as gen
+from drift_policy.envs.experts.robosuite import collect_episode, env_args
 
 
 @pytest.fixture(scope="module")
@@ -49,24 +49,23 @@ def test_generate_cli_writes_robomimic_layout(tmp_path, capsys):
     assert not out.with_name("lift.hdf5.tmp").exists()
 
 
-def test_registry_errors(monkeypatch):
-    with pytest.raises(ValueError, match="no scripted expert for task 'stack'"):
-        gen.expert_module("stack")
-    monkeypatch.setitem(gen.EXPERTS, "future_task", "envs.experts.not_written_yet")
-    with pytest.raises(ModuleNotFoundError, match="'future_task' expert .* is not in this checkout"):
-        gen.generate("future_task", "unused.hdf5", episodes=1)
+def test_registry_errors():
+    with pytest.raises(ValueError, match="no scripted expert for task 'push_t'; tasks with one: .*lift"):
+        gen.generate("push_t", "unused.hdf5", episodes=1)
+    with pytest.raises(ValueError, match="unknown task 'stack'; choose one of"):
+        gen.generate("stack", "unused.hdf5", episodes=1)
     with pytest.raises(ValueError, match="no scripted robosuite expert for task 'block_push'"):
         collect_episode(0, task="block_push")
 
 
 def test_sigterm_during_generation_leaves_no_temp_file(tmp_path):
     out = tmp_path / "lift.hdf5"
-    proc = subprocess.Popen([sys.executable, "-m", "data.generate", "--task", "lift", "--episodes", "50", "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "drift_policy.demos.generate", "--task", "lift", "--episodes", "50", "--out", str(out)],
                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not out.with_name("lift.hdf5.tmp").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    assert proc.poll() is None, "data.generate ended before the signal"
+    assert proc.poll() is None, "drift_policy.demos.generate ended before the signal"
     proc.terminate()
     assert proc.wait(timeout=60) != 0  # 143, or 1 when the signal lands inside a C extension's import
     assert list(tmp_path.iterdir()) == []

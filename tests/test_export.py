@@ -1,5 +1,6 @@
 """Exported policies (ONNX, run by onnxruntime) against the torch policies they came from, on real Push-T data."""
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from drift_policy.data.pusht import load_pusht  # noqa: E402
-from drift_policy.export import OnnxPolicy  # noqa: E402
+from drift_policy.export import OnnxPolicy, export_onnx  # noqa: E402
 from drift_policy.policies import Policy  # noqa: E402
 from drift_policy.training.trainer import build_policy  # noqa: E402
 
@@ -56,7 +57,7 @@ def _same_noise(policy: Policy, runner: OnnxPolicy, batch: int, seed: int) -> tu
 
 def _assert_parity(policy: Policy, path: Path, obs: dict[str, np.ndarray]) -> OnnxPolicy:
     """The exported graph gives the torch policy's actions, within 1e-4 in normalised action units."""
-    policy.export(path)
+    export_onnx(policy, path)
     onnx.checker.check_model(str(path))
     runner = OnnxPolicy.load(path, num_threads=1)
     batch = len(next(iter(obs.values())))
@@ -107,7 +108,7 @@ def test_diffusion_policy_export_matches_torch(pusht, tmp_path, sampler):
 def test_runner_refuses_bad_input_with_the_expected_shapes(pusht, tmp_path):
     buffer, _ = pusht
     policy = _policy(buffer)
-    runner = OnnxPolicy.load(policy.export(tmp_path / "drift.onnx"))
+    runner = OnnxPolicy.load(export_onnx(policy, tmp_path / "drift.onnx"))
     obs = _obs(buffer, None, policy.obs_meta)
     with pytest.raises(ValueError, match=r"missing key\(s\) \['agent_pos'\]"):
         runner.predict_action({"keypoint": obs["keypoint"]})
@@ -119,25 +120,38 @@ def test_runner_refuses_bad_input_with_the_expected_shapes(pusht, tmp_path):
         runner.predict_action({**obs, "agent_pos": obs["agent_pos"][:2]})
     with pytest.raises(ValueError, match=r"noise must have shape \(3, 1, 16, 2\)"):
         runner.predict_action(obs, noise=np.zeros((1, 1, 16, 2)))
+    with pytest.raises(ValueError, match="got 2 generators for a batch of 3; pass one per batch row"):
+        runner.predict_action(obs, generator=[torch.Generator(), torch.Generator()])
     with pytest.raises(ValueError, match="must end in .onnx"):
-        policy.export(tmp_path / "drift.pt")
+        export_onnx(policy, tmp_path / "drift.pt")
     (tmp_path / "drift.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"has no \['drift.json'\]"):
         OnnxPolicy.load(tmp_path / "drift.onnx")
 
 
-def test_the_evaluator_scores_an_exported_policy_like_the_torch_one(pusht, tmp_path):
-    """The runner passes one torch generator per episode; the exported drift policy draws row i's noise from it as
-    torch does, so each seed's episode matches the torch policy's (within the graph's float tolerance)."""
-    from envs.pusht import make_pusht_env
-    from envs.runner import EnvRunner
+def test_eval_policy_scores_an_exported_policy_like_the_torch_one(pusht, tmp_path, monkeypatch):
+    """eval_policy.py --onnx runs the export with the torch policy's runner, seeds and metrics: the runner passes one
+    torch generator per episode and the export draws row i's noise from it as torch does, so every episode's score
+    matches the torch policy's (within the graph's float tolerance)."""
+    import eval_policy
+    from drift_policy.envs.pusht import make_pusht_env
+    from drift_policy.evaluation import evaluate
 
     buffer, _ = pusht
-    policy = _policy(buffer)
-    exported = OnnxPolicy.load(policy.export(tmp_path / "drift.onnx"), num_threads=1)
-    runner = EnvRunner(make_pusht_env, 2, 8, max_steps=24, n_rollouts=3, n_envs=1)
-    torch_scores = [e["max_reward"] for e in runner.run(policy)["episodes"]]
-    onnx_scores = [e["max_reward"] for e in runner.run(exported)["episodes"]]
-    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-3, rtol=0)
-    with pytest.raises(ValueError, match="got 2 generators for a batch of 3; pass one per batch row"):
-        exported.predict_action(_obs(buffer, None, policy.obs_meta), generator=[torch.Generator(), torch.Generator()])
+    policy = _policy(buffer, "task.max_steps=64")
+    with torch.no_grad():
+        policy.model.head[-1].weight.mul_(300.0)  # actions saturated functions of the noise: every score depends on it
+    export_onnx(policy, tmp_path / "drift.onnx")
+    torch_result = evaluate(policy.save_pretrained(tmp_path / "policy"), rollouts=4, seed_start=100000, n_envs=1, videos=0,
+                            out_dir=tmp_path / "torch_eval")
+    monkeypatch.setattr(sys, "argv", ["eval_policy.py", "--onnx", str(tmp_path / "drift.onnx"), "--rollouts", "4",
+                                      "--n-envs", "1", "--videos", "0"])
+    eval_policy.main()
+    onnx_result = json.loads((tmp_path / "drift_eval" / "eval.json").read_text())  # the default output, beside the file
+    assert [e["seed"] for e in onnx_result["episodes"]] == [e["seed"] for e in torch_result["episodes"]] == [100000, 100001, 100002, 100003]
+    scores = [e["max_reward"] for e in torch_result["episodes"]]
+    np.testing.assert_allclose([e["max_reward"] for e in onnx_result["episodes"]], scores, atol=1e-3, rtol=0)
+    assert (onnx_result["policy_type"], onnx_result["nfe"], onnx_result["device"]) == ("drift", 1, "cpu, onnxruntime")
+    env = make_pusht_env()
+    initial = [min(1.0, env.reset(seed=s)[1]["coverage"] / 0.95) for s in range(100000, 100004)]
+    assert not np.allclose(scores, initial, atol=1e-3)  # the policy moves the block: the comparison can fail

@@ -1,14 +1,14 @@
 """Kitchen (FrankaKitchen-v1, four tasks): reset/step contract, the p1..p4 count on hand-made states, state
-round trips, the scripted IK expert doing all four tasks, and its demos through data.generate and the reader."""
+round trips, the scripted IK expert doing all four tasks, and its demos through drift_policy.demos.generate and the reader."""
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import data.generate as gen
+import drift_policy.demos.generate as gen
 from drift_policy.data.robomimic_hdf5 import load_robomimic
-from envs.experts.kitchen import collect_episode
-from envs.kitchen import TASKS, KitchenEnv
+from drift_policy.envs.experts.kitchen import collect_episode
+from drift_policy.envs.kitchen import TASKS, KitchenEnv
 
 # qpos indices and values that complete each task (FrankaKitchen's goals)
 DONE = {"microwave": ([22], [-0.75]), "light switch": ([17, 18], [-0.69, -0.05]), "slide cabinet": ([19], [0.37]),
@@ -68,7 +68,7 @@ def test_expert_completes_all_four_tasks():
 
 
 def test_generated_kitchen_demos_load(tmp_path):
-    """data.generate writes the expert's demos in robomimic's layout, and the task config's reader loads them."""
+    """drift_policy.demos.generate writes the expert's demos in robomimic's layout, and the task config's reader loads them."""
     out = tmp_path / "kitchen.hdf5"
     stats = gen.main(["--task", "kitchen", "--episodes", "1", "--out", str(out), "--seed", "1"])
     assert stats["successes"] == 1 and stats["phases"]["kettle"] == stats["attempts"]

@@ -167,12 +167,14 @@ def test_shared_rgb_model_encodes_every_camera_with_one_resnet(pusht_obs, tmp_pa
     save_file(shared.state_dict(), tmp_path / "shared.safetensors")  # no tensor stored twice
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda obs: obs.pop("agent_pos"), r"'agent_pos' is missing; expected float \[B, 2, 2\]"),
-    (lambda obs: obs.update(image=obs["image"][:, :, :64]), r"'image' must be uint8 \[B, 2, 96, 96, 3\], got torch.uint8 \(4, 2, 64, 96, 3\)"),
-    (lambda obs: obs.update(image=obs["image"].float()), r"'image' must be uint8 \[B, 2, 96, 96, 3\], got torch.float32"),
-    (lambda obs: obs.update(agent_pos=obs["agent_pos"][:, :1]), r"'agent_pos' must be float \[B, 2, 2\]"),
-    (lambda obs: obs.update(agent_pos=obs["agent_pos"][:2]), "'image' has batch size 4, other keys have 2"),
+@pytest.mark.parametrize("change, message", [  # the messages of predict_action's checks (drift_policy.observations)
+    (lambda obs: obs.pop("agent_pos"), r"obs is missing key\(s\) \['agent_pos'\]"),
+    (lambda obs: obs.update(image=obs["image"][:, :, :64]), r"obs\['image'\] has shape \(4, 2, 64, 96, 3\); expected \(B, 2, 96, 96, 3\)$"),
+    (lambda obs: obs.update(image=obs["image"].float()), r"obs\['image'\] is an image and must be uint8 .*got torch.float32"),
+    (lambda obs: obs.update(agent_pos=obs["agent_pos"][:, :1]), r"obs\['agent_pos'\] has shape \(4, 1, 2\); expected \(B, 2, 2\)$"),
+    (lambda obs: obs.update(agent_pos=obs["agent_pos"][0]), r"obs\['agent_pos'\] has shape \(2, 2\); expected \(B, 2, 2\)$"),
+    (lambda obs: obs.update(agent_pos=obs["agent_pos"].to(torch.complex64)), r"obs\['agent_pos'\] has dtype torch.complex64"),
+    (lambda obs: obs.update(agent_pos=obs["agent_pos"][:2]), r"same batch size B >= 1 for every key, got \{'image': 4, 'agent_pos': 2\}"),
 ])
 def test_bad_observations_name_the_key_and_shape(pusht_obs, change, message):
     enc = ObsEncoder(IMAGE_META, n_obs_steps=2, **SMALL)

@@ -1,9 +1,12 @@
 """The policy interface on real Push-T data: shapes, units, errors, one network evaluation, save/load."""
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler
 from hydra import compose, initialize_config_dir
 
 from drift_policy.policies import DiffusionPolicy, DriftPolicy, Policy
@@ -225,15 +228,69 @@ def test_one_generator_per_row_makes_each_rows_noise_its_own(dataset, batch, kin
         policy.predict_action(batch["obs"], generator=gens([1, 2]))
 
 
-@pytest.mark.parametrize("kind", sorted(Policy.registry))
-def test_saved_config_holds_every_constructor_argument(kind):
-    """config.json is init_kwargs, kept by each class: a parameter missing there would come back as its default."""
-    import inspect
+# A value other than the default for every field of each policy's config: a field added without a value here fails.
+NON_DEFAULT = {
+    "n_obs_steps": 3, "horizon": 8, "n_action_steps": 4, "unet": {"down_dims": [8, 16], "kernel_size": 3},
+    "obs_encoder": {"feature_dim": 8}, "task": {"name": "push_t", "max_steps": 16},
+    "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "extra_positives": 2,
+    "drift": {"temperatures": [0.1, 0.3], "kernel_norm": "targets", "normalize_drift": False, "attraction": 1.5,
+              "repulsion": 0.5, "stats_over": "batch"},
+    "num_train_timesteps": 50, "num_inference_steps": 5, "sampler": "ddim", "beta_schedule": "linear",
+}
+SHAPE_META = {"obs": {"agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}
 
+
+@pytest.mark.parametrize("kind", sorted(Policy.registry))
+def test_config_json_is_the_whole_config_and_loads_back_equal(kind, tmp_path):
+    """config.json is the policy's config dataclass, every field of it: no setting comes back as its default."""
     cls = Policy.registry[kind]
-    params = {name for klass in cls.__mro__ if klass.__dict__.get("__init__") and issubclass(klass, Policy)
-              for name, p in inspect.signature(klass.__dict__["__init__"]).parameters.items()
-              if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    shape_meta = {"obs": {"agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}
-    policy = cls(shape_meta=shape_meta, unet={"down_dims": [8, 16, 32]})
-    assert set(policy.init_kwargs) == params
+    names = [f.name for f in dataclasses.fields(cls.config_class) if f.name != "shape_meta"]
+    defaults = cls.config_class(shape_meta=SHAPE_META)
+    settings = {name: NON_DEFAULT[name] for name in names}  # a KeyError names a field this test does not cover yet
+    policy = cls(shape_meta=SHAPE_META, **settings)
+    assert all(getattr(policy.config, name) != getattr(defaults, name) for name in names)
+    policy.fit_normalizer({"agent_pos": np.random.default_rng(0).random((20, 2)), "action": np.random.default_rng(1).random((20, 2))})
+    saved = json.loads((policy.save_pretrained(tmp_path) / "config.json").read_text())
+    assert set(saved) == {"policy_type", "shape_meta", *names} and saved["policy_type"] == kind
+    loaded = Policy.from_pretrained(tmp_path)
+    assert type(loaded) is cls and loaded.config == policy.config
+    assert cls(policy.config).config == policy.config  # the config object builds the same policy as its fields
+
+
+def test_unknown_settings_are_refused_naming_the_key(dataset, tmp_path):
+    directory = _policy(dataset).save_pretrained(tmp_path / "drift")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "n_generatd": 3}))
+    with pytest.raises(ValueError, match=r"drift/config\.json does not describe a valid drift policy: DriftPolicyConfig has "
+                                         r"no setting\(s\) \['n_generatd'\]; its settings are \[.*'n_generated'.*\]: remove or rename it"):
+        Policy.from_pretrained(directory)
+    with pytest.raises(Exception, match=r"DiffusionPolicyConfig has no setting\(s\) \['n_generated'\]"):  # through hydra
+        _policy(dataset, "policy=diffusion", "+policy.n_generated=3")
+
+
+def test_a_config_saved_before_configs_were_dataclasses_still_loads(dataset, tmp_path):
+    """The config.json of earlier versions held only the drift keys given, not all of DriftConfig's."""
+    policy = _policy(dataset)
+    directory = policy.save_pretrained(tmp_path / "drift")
+    config = json.loads((directory / "config.json").read_text())
+    config["drift"] = {"temperatures": [0.02, 0.05, 0.2], "kernel_norm": "both"}
+    (directory / "config.json").write_text(json.dumps(config))
+    assert Policy.from_pretrained(directory).config == policy.config
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_diffusion_sample_is_diffusers_scheduler_loop_on_the_same_noise(dataset, batch, sampler):
+    """sample(cond, noise) runs the scheduler's update as per-step constants (so a graph can take the noise as an
+    input); on noise drawn as draw_noise documents it, it gives what diffusers' own step() loop gives."""
+    policy = _policy(dataset, "policy=diffusion", f"policy.sampler={sampler}", "policy.num_inference_steps=4")
+    scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(policy.train_scheduler.config)
+    scheduler.set_timesteps(4)
+    with torch.no_grad():
+        cond = policy.encode(batch["obs"])
+        generator = torch.Generator().manual_seed(3)
+        x = torch.randn(4, 16, 2, generator=generator)
+        for t in scheduler.timesteps:
+            x = scheduler.step(policy.model(x, cond, t.expand(4)), t, x, generator=generator).prev_sample
+        noise = policy.draw_noise(4, torch.device("cpu"), torch.Generator().manual_seed(3))
+        assert noise.shape == (4, 4 if sampler == "ddpm" else 1, 16, 2)  # DDPM: initial + one per step with t > 0
+        torch.testing.assert_close(policy.sample(cond, noise), x.clamp(-1, 1), rtol=0, atol=1e-6)

@@ -20,8 +20,8 @@ import drift_policy.atomic as atomic
 from drift_policy.atomic import DiskFullError
 from drift_policy.policies import Policy
 from drift_policy.training.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
-from envs.pusht import make_pusht_env
-from envs.runner import EnvRunner, EnvWorkerDied
+from drift_policy.envs.pusht import make_pusht_env
+from drift_policy.envs.runner import EnvRunner, EnvWorkerDied
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_WRITE = atomic._write_bytes

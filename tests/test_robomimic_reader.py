@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from data.generate import generate
+from drift_policy.demos.generate import generate
 from drift_policy.data.robomimic_hdf5 import load_robomimic, make_env_from_dataset, read_env_args
-from envs.robosuite_tasks import RobosuiteEnv, env_args
+from drift_policy.envs.robosuite_tasks import RobosuiteEnv, env_args
 
 LOW_DIM = ["object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"]
 # env_args as robomimic's v0.1 datasets store them (robosuite 1.2, a part controller with control_delta)
@@ -121,7 +121,7 @@ def test_handmade_delta_actions_convert_through_the_legacy_controller(handmade):
 
 
 def test_reader_errors_name_the_problem(handmade, tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.generate"):
+    with pytest.raises(FileNotFoundError, match="drift_policy.demos.generate"):
         load_robomimic(tmp_path / "missing.hdf5")
     with pytest.raises(ValueError, match="its observation keys are"):
         load_robomimic(handmade, obs_keys=["robot0_joint_pos"])

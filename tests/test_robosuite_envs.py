@@ -2,17 +2,18 @@
 import numpy as np
 import pytest
 
-from envs.robosuite_tasks import TASKS, RobosuiteEnv, env_args, make_robosuite_env, rot6d_to_rotvec, rotvec_to_rot6d
+from drift_policy.envs.robosuite_tasks import ENV_NAMES, RobosuiteEnv, env_args, make_robosuite_env, rot6d_to_rotvec, rotvec_to_rot6d
+from drift_policy.tasks import load_task
 
 LOW_DIM = {"object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"}
 OBJECT_DIMS = {"lift": 10, "can": 14, "tool_hang": 44}
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", sorted(ENV_NAMES))
 def test_env_resets_and_steps_with_documented_spaces(task):
-    env = make_robosuite_env(task)  # absolute actions, as the task configs use
+    env = load_task(task).make_env()  # absolute actions, truncated at the task's max_steps
     obs, info = env.reset(seed=3)
-    assert env.max_steps == {"lift": 400, "can": 400, "tool_hang": 700}[task]
+    assert env.max_steps == {"lift": 400, "can": 400, "tool_hang": 700}[task] == load_task(task).max_steps
     assert set(obs) == LOW_DIM and obs["object"].shape == (OBJECT_DIMS[task],)
     assert all(v.dtype == np.float32 for v in obs.values()) and env.observation_space.contains(obs)
     assert env.action_space.shape == (10,) and info == {"is_success": False}

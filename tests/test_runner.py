@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import zarr
 
-from envs.multistep import MultiStepWrapper
-from envs.pusht import make_pusht_env
-from envs.runner import EnvRunner
+from drift_policy.envs.multistep import MultiStepWrapper
+from drift_policy.envs.pusht import make_pusht_env
+from drift_policy.envs.runner import EnvRunner
 
 PUSHT = Path(__file__).resolve().parents[1] / "data/pusht/pusht_cchi_v7_replay.zarr"
 DEMOS = {0: 51, 1: 205}  # seed -> demo: 51 (73 steps) ends at coverage 0.9531 (success); 205 (49 steps) at 0.9096
@@ -153,7 +153,7 @@ def test_an_episode_score_depends_only_on_policy_and_seed_not_on_n_envs():
     from drift_policy.evaluation import make_runner
 
     policy = _noise_driven_policy()
-    task = policy.init_kwargs["task"]
+    task = policy.config.task
     scores = {n: [e["max_reward"] for e in make_runner(task, 4, 100000, n_envs=n).run(policy)["episodes"]] for n in (1, 3)}
     np.testing.assert_allclose(scores[1], scores[3], rtol=0, atol=1e-9)
     env = make_pusht_env()
@@ -164,7 +164,7 @@ def test_an_episode_score_depends_only_on_policy_and_seed_not_on_n_envs():
 
 
 def test_standard_errors_and_stage_rates_of_episode_metrics():
-    from envs.runner import episode_metrics
+    from drift_policy.envs.runner import episode_metrics
 
     episodes = [{"max_reward": r, "success": s, "num_completed": c} for r, s, c in [(1.0, True, 2), (0.5, False, 1), (0.0, False, 0)]]
     m = episode_metrics(episodes)

@@ -2,20 +2,30 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from bench.table import (TASKS, check_dataset, demo_orders, format_table, mode_cell, mode_shares, require_simulator,
-                         successful_orders, task_config)
-from data.generate import generate
-from envs.block_push import BlockPushEnv
-from envs.experts.block_push import BlockPushExpert
-from envs.runner import EnvRunner
+from bench.table import TASKS, demo_orders, format_table, main, mode_cell, require_simulator
+from drift_policy.demos.generate import generate
+from drift_policy.evaluation import mode_shares, successful_orders
+from drift_policy.tasks import Task, load_task
+from drift_policy.envs.block_push import BlockPushEnv
+from drift_policy.envs.experts.block_push import BlockPushExpert
+from drift_policy.envs.runner import EnvRunner
 
 SEEDS = [0, 2]  # the expert's plans for these scenes: block0->target0 first, and block0->target1 first
+
+
+def task_reading(name: str, path: Path) -> Task:
+    """The task of configs/task/<name>.yaml with its dataset at `path`."""
+    cfg = OmegaConf.to_container(load_task(name).cfg)
+    cfg["dataset"]["path"] = str(path)
+    return load_task(cfg)
 
 
 class ExpertPolicy:
@@ -49,24 +59,28 @@ def test_demos_keep_their_order_and_a_dataset_of_another_task_is_refused(tmp_pat
     generate("block_push", path, episodes=2)
     orders = demo_orders(path)
     assert len(orders) == 2 and all(len(order) == 2 and order[0].startswith("block") for order in orders)
-    assert check_dataset(task_config("block_push"), path) == 2
-    with pytest.raises(ValueError, match=r"holds demonstrations of 'block_push'.*not 'lift'.*delete it"):
-        check_dataset(task_config("lift"), path)
+    assert task_reading("block_push", path).count_demos() == 2
+    assert task_reading("block_push", tmp_path / "missing.hdf5").count_demos() == 0
+    with pytest.raises(ValueError, match=r"holds demonstrations of 'block_push'.*not of 'lift'.*delete it"):
+        task_reading("lift", path).count_demos()
     with h5py.File(path, "a") as f:  # a file without the expert's attrs (robomimic's own): the obs keys decide
         del f.attrs["expert_task"]
     with pytest.raises(ValueError, match=r"lacks obs keys \['object_qpos', 'robot_qpos'\] of task kitchen"):
-        check_dataset(task_config("kitchen"), path)
+        task_reading("kitchen", path).count_demos()
 
 
-def test_unknown_task_and_missing_simulator_messages(monkeypatch):
-    with pytest.raises(ValueError, match="unknown task 'blockpush'; the table knows lift, can, .*block_push"):
-        task_config("blockpush")
-    monkeypatch.delitem(sys.modules, "envs.kitchen", raising=False)
+def test_unknown_task_and_missing_simulator_messages(monkeypatch, capsys):
+    with pytest.raises(ValueError, match="unknown task 'blockpush'; choose one of .*block_push"):
+        load_task("blockpush")
+    with pytest.raises(SystemExit):
+        main(["--tasks", "blockpush"])
+    assert "unknown task(s) ['blockpush']; the table knows lift, can, " in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "drift_policy.envs.kitchen", raising=False)
     for name in [m for m in sys.modules if m.startswith("gymnasium_robotics.")]:  # loaded by earlier tests: hide them too
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # what an uninstalled package looks like to import
     with pytest.raises(Exception, match=r"kitchen: its simulator 'gymnasium_robotics' is not installed \(`pip install gymnasium-robotics`\)"):
-        require_simulator(task_config("kitchen"))
+        require_simulator(load_task("kitchen"))
 
 
 def _arm(nfe: int, p1: float, p2: float, orders: list[list[str]]) -> dict:
@@ -91,6 +105,7 @@ def test_table_puts_paper_and_ours_side_by_side_and_shows_a_collapsed_mode():
     assert "| p1 | 0.36 | 0.56 | 0.400 ± 0.050 | 0.600 ± 0.050 |" in text
     assert "| tool_hang | state | success_rate | 0.30 | 0.38 | not run: tool_hang: cannot make its demonstrations" in text
     assert f"block_push modes, in cell order: {a} | {b}" in text
-    assert set(TASKS["kitchen"].metrics) == {"p1", "p2", "p3", "p4"}
+    assert load_task("kitchen").metrics == ["p1", "p2", "p3", "p4"]
+    assert all(load_task(t).paper["obs"] in ("state", "visual") for t in TASKS)  # every row has the paper's numbers
     done["tasks"]["block_push"]["arms"]["drift"]["result"].pop("p2")  # no episode pushed both blocks: episode_metrics stops at p1
     assert "| p2 | 0.11 | 0.16 | 0.200 ± 0.040 | 0.000 ± 0.000 |" in format_table(done, ["block_push"])

@@ -31,9 +31,9 @@ def test_tiny_policy_two_episodes_and_one_video(task, tmp_path):
     overrides, shape = FAMILIES[task]
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
         cfg = compose("train_policy", overrides=[f"task={task}", *TINY, *overrides, "task.max_steps=16"])
-    if "generate" in cfg.task:  # two fresh demonstrations from the task's scripted expert
+    if "expert" in cfg.task:  # two fresh demonstrations from the task's scripted expert
         cfg.task.dataset.path = str(tmp_path / f"{task}.hdf5")
-        cfg.task.generate.episodes = 2
+        cfg.task.expert.demos = 2
         cfg.task.val_ratio = 0.0
     policy_dir = train(cfg, tmp_path / "run")
     result = evaluate(policy_dir, rollouts=2, seed_start=100000, n_envs=2, videos=1, out_dir=tmp_path / "eval")

@@ -8,15 +8,8 @@ import zarr
 
 from drift_policy.data.replay_buffer import ReplayBuffer, read_array
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 OBS_TYPES = ("state", "image")
 IMAGE_CHUNK = 500  # frames converted float32 -> uint8 at a time (about 55 MB), so no float copy of all images is held
-
-
-def resolve(path: str | Path) -> Path:
-    """A relative path from the cwd if it exists there, else from the repository root."""
-    path = Path(path)
-    return path if path.is_absolute() or path.exists() else REPO_ROOT / path
 
 
 def load_pusht(path: str | Path, obs_type: str = "state") -> ReplayBuffer:
@@ -24,7 +17,7 @@ def load_pusht(path: str | Path, obs_type: str = "state") -> ReplayBuffer:
     action float32 [N, 2]; and image uint8 [N, 96, 96, 3] for obs_type="image"."""
     if obs_type not in OBS_TYPES:
         raise ValueError(f"obs_type must be one of {OBS_TYPES}, got {obs_type!r}")
-    path = resolve(path)
+    path = Path(path)
     raw = ReplayBuffer.from_zarr(path, keys=["state", "keypoint", "action"])
     data = {
         "keypoint": raw.data["keypoint"].reshape(len(raw), -1).astype(np.float32),

@@ -1,6 +1,6 @@
 """robomimic's hdf5 datasets (data/demo_i/{actions, obs/<key>, states}, data.attrs["env_args"]) as a ReplayBuffer.
 
-Reads both real robomimic datasets and the scripted experts' files (data.generate writes the same layout). With
+Reads both real robomimic datasets and the scripted experts' files (drift_policy.demos.generate writes the same layout). With
 `abs_action=True`, delta actions are turned into absolute [pos, rot6d, gripper] targets by replaying each demo's
 states through the dataset's own robosuite controller (Diffusion Policy's conversion).
 """
@@ -14,15 +14,14 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from drift_policy.data.pusht import resolve
 from drift_policy.data.replay_buffer import ReplayBuffer
 
 
 def _open(path: str | Path) -> h5py.File:
-    path = resolve(path)
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"robomimic dataset {path} does not exist; make one with "
-                                "`python -m data.generate --task <lift|can|tool_hang> --out <path>` or point to a download")
+                                "`python -m drift_policy.demos.generate --task <lift|can|tool_hang> --out <path>` or point to a download")
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -57,14 +56,14 @@ def dataset_uses_delta(env_args: dict) -> bool:
 def make_env_from_dataset(path: str | Path, obs_keys: Sequence[str] | None = None, abs_action: bool | None = None,
                           **kw):
     """The robosuite env a dataset was recorded in, rebuilt from its env_args (delta or absolute actions)."""
-    from envs.robosuite_tasks import RobosuiteEnv
+    from drift_policy.envs.robosuite_tasks import RobosuiteEnv
 
     return RobosuiteEnv(read_env_args(path), obs_keys=obs_keys, abs_action=abs_action, **kw)
 
 
 def _absolute(f: h5py.File, path: str | Path, names: list[str], actions: list[np.ndarray]) -> list[np.ndarray]:
     """Each demo's actions as [T, 10] absolute (pos, rot6d, gripper) targets."""
-    from envs.robosuite_tasks import rotvec_to_rot6d
+    from drift_policy.envs.robosuite_tasks import rotvec_to_rot6d
 
     env_args = json.loads(f["data"].attrs["env_args"])
     if not dataset_uses_delta(env_args):  # already absolute (pos, axis-angle, gripper): only the rotation changes

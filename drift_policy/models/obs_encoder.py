@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from drift_policy.observations import check_layout
+
 OBS_TYPES = ("low_dim", "rgb")
 
 
@@ -86,6 +88,7 @@ class ObsEncoder(nn.Module):
         if not shape_meta_obs:
             raise ValueError("shape_meta_obs is empty; give at least one observation key with its shape and type")
         self.n_obs_steps = n_obs_steps
+        self.obs_meta = {key: dict(meta) for key, meta in shape_meta_obs.items()}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.rgb_keys: list[str] = []
         for key, meta in sorted(shape_meta_obs.items()):
@@ -115,13 +118,13 @@ class ObsEncoder(nn.Module):
             raise ValueError(f"crop_shape {tuple(crop_shape)} must be (h, w) no larger than '{key}' images {shape[:2]}")
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        batch_size = self._check_obs(obs)
+        check_layout(obs, self.obs_meta, self.n_obs_steps, batched_only=True)
         features = {key: obs[key].flatten(2) for key in self.shapes if key not in self.rgb_keys}
         for name, keys in self.camera_groups.items():
             frames = torch.cat([self._crop(obs[key].flatten(0, 1)) for key in keys])  # uint8 [cams * B * To, h, w, 3]
             # One uint8 -> [0, 1] conversion for the whole batch; the NHWC strides are kept (channels_last runs faster on CPU).
             images = frames.permute(0, 3, 1, 2).float().div_(255)
-            encoded = self.rgb_models[name](images).view(len(keys), batch_size, self.n_obs_steps, -1)
+            encoded = self.rgb_models[name](images).unflatten(0, (len(keys), -1, self.n_obs_steps))  # [cams, B, To, F]
             features.update(zip(keys, encoded))
         return torch.cat([features[key] for key in self.shapes], dim=-1).flatten(1)
 
@@ -138,20 +141,3 @@ class ObsEncoder(nn.Module):
         rows = torch.randint(0, height - h + 1, (n, 1, 1), device=device) + torch.arange(h, device=device).view(1, h, 1)
         cols = torch.randint(0, width - w + 1, (n, 1, 1), device=device) + torch.arange(w, device=device).view(1, 1, w)
         return frames[torch.arange(n, device=device).view(n, 1, 1), rows, cols]
-
-    def _check_obs(self, obs: Mapping[str, Tensor]) -> int:
-        """Raise ValueError naming the key and expected shape for a missing or malformed value; return B."""
-        batch_size = None
-        for key, shape in self.shapes.items():
-            is_rgb = key in self.rgb_keys
-            expected = f"{'uint8' if is_rgb else 'float'} [B, {self.n_obs_steps}, {', '.join(map(str, shape))}]"
-            if key not in obs:
-                raise ValueError(f"observation '{key}' is missing; expected {expected}")
-            value = obs[key]
-            dtype_ok = value.dtype == torch.uint8 if is_rgb else value.is_floating_point()
-            if not dtype_ok or tuple(value.shape[1:]) != (self.n_obs_steps, *shape):
-                raise ValueError(f"observation '{key}' must be {expected}, got {value.dtype} {tuple(value.shape)}")
-            if batch_size is not None and value.shape[0] != batch_size:
-                raise ValueError(f"observation '{key}' has batch size {value.shape[0]}, other keys have {batch_size}")
-            batch_size = value.shape[0]
-        return batch_size

@@ -1,13 +1,14 @@
-"""One policy interface for every action generator: input checks, normalisation, observation encoding,
-receding-horizon slicing, a one-observation-at-a-time helper, and save/load.
+"""One policy interface for every action generator: a typed config, input checks, normalisation, observation
+encoding, receding-horizon slicing, a one-observation-at-a-time helper, and save/load.
 
-Subclasses differ only in their objective (`compute_loss`) and sampler (`sample`), so a new variant is
-a config and ~50 lines, not a copied file.
+Subclasses differ only in their config (a `PolicyConfig` dataclass), objective (`compute_loss`) and sampler
+(`sample`), so a new variant is a config and ~50 lines, not a copied file.
 """
 from __future__ import annotations
 
 import json
 from collections import deque
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from drift_policy.atomic import write_files
 from drift_policy.models import ConditionalUnet1D, ObsEncoder
 from drift_policy.normalizer import Normalizer
+from drift_policy.observations import check_keys, check_obs_history
 
 CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE = "config.json", "model.safetensors", "normalizer.safetensors"
 ArrayLike = np.ndarray | Tensor
@@ -28,47 +30,74 @@ ArrayLike = np.ndarray | Tensor
 Generators = torch.Generator | list[torch.Generator] | None
 
 
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The settings every policy has; a policy's config.json is its config class's fields, and the field defaults
+    are the policy's defaults."""
+
+    shape_meta: dict[str, Any]  # {"obs": {key: {"shape": [...], "type": "low_dim" | "rgb"}}, "action": {"shape": [Da]}}
+    n_obs_steps: int = 2  # To, observations per prediction
+    horizon: int = 16  # T, predicted steps
+    n_action_steps: int = 8  # Ta, executed steps
+    unet: dict[str, Any] = field(default_factory=dict)  # ConditionalUnet1D's down_dims, kernel_size, n_groups, time_embed_dim
+    obs_encoder: dict[str, Any] = field(default_factory=dict)  # ObsEncoder's crop_shape, layers, num_keypoints, ...
+    task: dict[str, Any] = field(default_factory=dict)  # the task config (env, max_steps, ...), for evaluation
+
+    def __post_init__(self) -> None:
+        for name in ("shape_meta", "unet", "obs_encoder", "task"):  # hydra hands OmegaConf containers
+            object.__setattr__(self, name, _plain(getattr(self, name) or {}))
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            raise ValueError(f"n_obs_steps - 1 + n_action_steps must fit in the horizon, got {self.n_obs_steps}, "
+                             f"{self.n_action_steps}, {self.horizon}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PolicyConfig":
+        """The config from its fields by name (config.json, hydra's keyword arguments); unknown names are refused."""
+        names = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no setting(s) {unknown}; its settings are {names}: remove or rename "
+                             f"{'it' if len(unknown) == 1 else 'them'}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-able Python (nested dataclasses as dicts, tuples as lists)."""
+        return _plain(asdict(self))
+
+
 class Policy(nn.Module):
     """Observation history in, action chunk out; subclasses implement `compute_loss` and `sample`."""
 
     registry: ClassVar[dict[str, type["Policy"]]] = {}
     policy_type: ClassVar[str]
+    config_class: ClassVar[type[PolicyConfig]]
     uses_timestep: ClassVar[bool]  # whether the U-Net gets a diffusion-step input
+    n_noise: int = 1  # standard-normal draws [B, T, Da] per chunk: the initial sample, plus one per noisy sampler step
     extra_positives: int = 0  # training batches carry "neighbor_action" [B, k, T, Da] when k > 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         Policy.registry[cls.policy_type] = cls
 
-    def __init__(
-        self,
-        shape_meta: Mapping[str, Any],
-        n_obs_steps: int = 2,
-        horizon: int = 16,
-        n_action_steps: int = 8,
-        unet: Mapping[str, Any] | None = None,
-        obs_encoder: Mapping[str, Any] | None = None,
-        task: Mapping[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, config: PolicyConfig | None = None, **settings: Any) -> None:
+        """Build from a config, or from its fields as keyword arguments (how hydra's `_target_` builds a policy)."""
         super().__init__()
-        if n_obs_steps - 1 + n_action_steps > horizon:
-            raise ValueError(f"n_obs_steps - 1 + n_action_steps must fit in the horizon, got {n_obs_steps}, {n_action_steps}, {horizon}")
-        self.shape_meta = _plain(shape_meta)
-        self.obs_meta: dict[str, dict] = self.shape_meta["obs"]
-        self.action_dim = int(self.shape_meta["action"]["shape"][0])
-        self.n_obs_steps, self.horizon, self.n_action_steps = n_obs_steps, horizon, n_action_steps
+        if config is None:
+            config = self.config_class.from_dict(settings)
+        elif settings or not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes one {self.config_class.__name__} or its fields as keyword "
+                            f"arguments, got {type(config).__name__} and {sorted(settings)}")
+        self.config = config
+        self.obs_meta: dict[str, dict] = config.shape_meta["obs"]
+        self.action_dim = int(config.shape_meta["action"]["shape"][0])
+        self.n_obs_steps, self.horizon, self.n_action_steps = config.n_obs_steps, config.horizon, config.n_action_steps
         self.normalizer = Normalizer()
-        self.obs_encoder = ObsEncoder(self.obs_meta, n_obs_steps, **(obs_encoder or {}))
-        unet_kwargs = dict(unet or {})
+        self.obs_encoder = ObsEncoder(self.obs_meta, config.n_obs_steps, **config.obs_encoder)
+        unet_kwargs = dict(config.unet)
         if not self.uses_timestep:
             unet_kwargs["time_embed_dim"] = None
         self.model = ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, **unet_kwargs)
-        # Everything needed to rebuild this policy without the training config (saved as config.json).
-        self.init_kwargs: dict[str, Any] = {
-            "shape_meta": self.shape_meta, "n_obs_steps": n_obs_steps, "horizon": horizon,
-            "n_action_steps": n_action_steps, "unet": unet or {}, "obs_encoder": obs_encoder or {}, "task": task or {},
-        }
-        self._history: deque[dict[str, ArrayLike]] = deque(maxlen=n_obs_steps)
+        self._history: deque[dict[str, np.ndarray]] = deque(maxlen=config.n_obs_steps)
         self._plan: deque[np.ndarray] = deque()
 
     # --- what subclasses provide -------------------------------------------------------------
@@ -76,16 +105,10 @@ class Policy(nn.Module):
         """Training loss on a raw (un-normalised) batch {"obs": {key: [B, To, ...]}, "action": [B, T, Da]}."""
         raise NotImplementedError
 
-    def sample(self, cond: Tensor, generator: Generators = None) -> Tensor:
-        """Normalised action chunks [B, T, Da] for observation features cond [B, C]; a list of generators
-        draws row i's noise from generator[i] only."""
+    def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
+        """Normalised action chunks [B, T, Da] for features cond [B, C] and standard-normal noise [B, n_noise, T, Da]:
+        the one place a policy turns noise into actions, run by predict_action and traced by the ONNX export."""
         raise NotImplementedError
-
-    def initial_noise(self, batch: int, device: torch.device, generator: Generators = None) -> Tensor:
-        """Standard normal [B, T, Da], row i drawn from generator[i] when a list is given."""
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for a batch of {batch}; pass one per batch row")
-        return randn_tensor((batch, self.horizon, self.action_dim), generator=generator, device=device)
 
     @property
     def nfe(self) -> int:
@@ -93,9 +116,23 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     # --- shared machinery --------------------------------------------------------------------
+    def draw_noise(self, batch: int, device: torch.device, generator: Generators = None) -> Tensor:
+        """Standard normal [B, n_noise, T, Da], draw k (a [B, T, Da]) at noise[:, k]; with a list, row i comes from
+        generator[i] only, so an episode's noise depends on its own generator and not on the batch."""
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for a batch of {batch}; pass one per batch row")
+        shape = (batch, self.horizon, self.action_dim)
+        draws = [randn_tensor(shape, generator=generator, device=device) for _ in range(self.n_noise)]
+        return torch.stack(draws, dim=1) if len(draws) > 1 else draws[0][:, None]
+
     def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
         """Normalise low-dim observations and encode the history to conditioning features [B, C]."""
         return self.obs_encoder(self.normalizer.normalize_dict(obs))
+
+    def generate(self, obs: Mapping[str, Tensor], noise: Tensor) -> Tensor:
+        """Action chunks [B, T, Da] in env units for observation tensors {key: [B, To, ...]} and noise
+        [B, n_noise, T, Da]: what predict_action computes and the ONNX export traces."""
+        return self.normalizer.unnormalize("action", self.sample(self.encode(obs), noise))
 
     def fit_normalizer(self, data: Mapping[str, np.ndarray]) -> None:
         """Fit the min-max normaliser on the dataset's low-dim observations and actions."""
@@ -110,7 +147,8 @@ class Policy(nn.Module):
         one per batch row) makes the sampling noise reproducible.
         """
         tensors, batched, as_numpy = self._check_obs(obs)
-        actions = self.normalizer.unnormalize("action", self.sample(self.encode(tensors), generator))
+        noise = self.draw_noise(next(iter(tensors.values())).shape[0], self.normalizer.device, generator)
+        actions = self.generate(tensors, noise)
         if not torch.isfinite(actions).all():
             raise FloatingPointError(self._non_finite_actions_message(tensors))
         if not full_chunk:
@@ -134,17 +172,9 @@ class Policy(nn.Module):
             self._plan.extend(self.predict_action(history))
         return self._plan.popleft()
 
-    def _check_keys(self, obs: Mapping[str, ArrayLike]) -> None:
-        """obs must be a dict holding every observation key."""
-        if not isinstance(obs, Mapping):
-            raise ValueError(f"obs must be a dict with keys {sorted(self.obs_meta)}, got {type(obs).__name__}")
-        missing = [k for k in self.obs_meta if k not in obs]
-        if missing:
-            raise ValueError(f"obs is missing key(s) {missing}; expected keys {sorted(self.obs_meta)}")
-
     def _check_frame(self, obs: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
-        """One observation for step(): every key, each value one frame of its shape and finite (as float32)."""
-        self._check_keys(obs)
+        """One observation for step(): every key, each value one frame of its shape, under predict_action's rules."""
+        check_keys(obs, self.obs_meta)
         frame = {}
         for key, meta in self.obs_meta.items():
             value = obs[key]
@@ -154,10 +184,9 @@ class Policy(nn.Module):
                 history = value.ndim > len(shape) and value.shape[value.ndim - len(shape):] == shape
                 raise ValueError(f"obs[{key!r}] has shape {value.shape}; step(obs) takes one frame of shape {shape}" +
                                  ("; pass histories [To, ...] or [B, To, ...] to predict_action" if history else ""))
-            if value.dtype.kind == "f" and not np.isfinite(value.astype(np.float32)).all():
-                raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
-            frame[key] = value
-        return frame
+            frame[key] = value[None]  # a one-step history
+        arrays, _, _ = check_obs_history(frame, self.obs_meta, n_obs_steps=1)
+        return {k: v[0, 0] for k, v in arrays.items()}
 
     def _check_obs(self, obs: Mapping[str, ArrayLike]) -> tuple[dict[str, Tensor], bool, bool]:
         """Validate keys, shapes, dtypes and finiteness; return batched tensors on the policy's device."""
@@ -173,28 +202,16 @@ class Policy(nn.Module):
                  "check its units" if worst is not None and spans[worst] > 10 else "")
         return f"the {self.policy_type} policy generated NaN or infinite actions{cause}"
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return _plain({"policy_type": self.policy_type, **self.init_kwargs})
-
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors and normalizer.safetensors, all or none: a crash or a full disk
-        (DiskFullError naming the path) leaves the folder's previous policy as it was."""
+        """Write config.json (the policy type and its config), model.safetensors and normalizer.safetensors, all or
+        none: a crash or a full disk (DiskFullError naming the path) leaves the folder's previous policy as it was."""
         directory = Path(directory)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("normalizer.")}
         stats = {k: v.detach().cpu().contiguous() for k, v in self.normalizer.state_dict().items()}
+        config = {"policy_type": self.policy_type, **self.config.to_dict()}
         write_files({directory / WEIGHTS_FILE: save_safetensors(weights), directory / NORMALIZER_FILE: save_safetensors(stats),
-                     directory / CONFIG_FILE: json.dumps(self.config, indent=2).encode()})
+                     directory / CONFIG_FILE: json.dumps(config, indent=2).encode()})
         return directory
-
-    def export(self, path: str | Path, format: str = "onnx") -> Path:
-        """Write predict_action as one ONNX graph (noise an input) plus a JSON of its interface, for control
-        loops without the training stack; run it with drift_policy.export.OnnxPolicy.load(path)."""
-        if format != "onnx":
-            raise ValueError(f"export format {format!r} is not supported; use format='onnx'")
-        from drift_policy.export import export_onnx  # torch.onnx loads only when exporting
-
-        return export_onnx(self, path)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Policy":
@@ -212,7 +229,8 @@ class Policy(nn.Module):
         if kind not in Policy.registry:
             raise ValueError(f"{files[0]} names policy_type {kind!r}; known types: {sorted(Policy.registry)}")
         try:
-            policy = Policy.registry[kind](**config)
+            cls = Policy.registry[kind]
+            policy = cls(cls.config_class.from_dict(config))
         except (TypeError, ValueError, KeyError) as err:
             raise ValueError(f"{files[0]} does not describe a valid {kind} policy: {err}") from None
         weights = _read_safetensors(files[1])
@@ -252,46 +270,6 @@ def _weights_problem(policy: Policy, weights: Mapping[str, Tensor]) -> str | Non
         return (f"{len(missing)} missing {missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of "
                 f"another shape (saved vs config) {shapes[:3]}")
     return None
-
-
-def check_obs_history(obs: Mapping[str, ArrayLike], obs_meta: Mapping[str, Mapping], n_obs_steps: int,
-                      ) -> tuple[dict[str, np.ndarray], bool, bool]:
-    """The input rules of predict_action, shared with the exported runtime: every key, each value [B, To, ...] or
-    [To, ...], one batch size B >= 1, images uint8, low-dim values real and finite as float32. Returns (batched arrays with low-dim as
-    float32, whether the input was batched, whether it was numpy)."""
-    if not isinstance(obs, Mapping):
-        raise ValueError(f"obs must be a dict with keys {sorted(obs_meta)}, got {type(obs).__name__}")
-    missing = [k for k in obs_meta if k not in obs]
-    if missing:
-        raise ValueError(f"obs is missing key(s) {missing}; expected keys {sorted(obs_meta)}")
-    arrays, batched = {}, None
-    as_numpy = not isinstance(next(iter(obs.values())), Tensor) if obs else True
-    for key, meta in obs_meta.items():
-        value = obs[key]
-        value = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value)
-        item = (n_obs_steps, *meta["shape"])  # rgb shapes are [H, W, 3], as stored
-        is_batched = value.shape[1:] == item
-        if not is_batched and value.shape != item:
-            raise ValueError(f"obs[{key!r}] has shape {value.shape}; expected (B, {', '.join(map(str, item))}) or {item}")
-        if batched is not None and is_batched != batched:
-            raise ValueError(f"obs[{key!r}] is {'' if is_batched else 'not '}batched while other keys are {'' if batched else 'not '}")
-        batched = is_batched
-        value = value if is_batched else value[None]
-        if meta.get("type") == "rgb":
-            if value.dtype != np.uint8:
-                raise ValueError(f"obs[{key!r}] is an image and must be uint8 [.., H, W, 3] (0-255), got {value.dtype}")
-        else:
-            if value.dtype != np.bool_ and not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
-                raise ValueError(f"obs[{key!r}] has dtype {value.dtype}; low-dim observations must be real numbers (cast to float32)")
-            with np.errstate(over="ignore"):
-                value = value.astype(np.float32, copy=False)
-            if not np.isfinite(value).all():  # after the cast: 1e300 becomes inf
-                raise ValueError(f"obs[{key!r}] contains NaN or infinite values (or values beyond float32's 3.4e38)")
-        arrays[key] = value
-    sizes = {k: len(v) for k, v in arrays.items()}
-    if len(set(sizes.values())) > 1 or 0 in sizes.values():
-        raise ValueError(f"obs needs the same batch size B >= 1 for every key, got {sizes}")
-    return arrays, bool(batched), as_numpy
 
 
 def _plain(value: Any) -> Any:

@@ -1,13 +1,37 @@
 """The one-step Drifting Policy: noise + observation -> action chunk in a single U-Net evaluation."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 import torch
 from torch import Tensor
 
 from drift_policy.drift import DriftConfig, drift_loss
-from drift_policy.policies.base import Generators, Policy
+from drift_policy.policies.base import Policy, PolicyConfig
+
+
+@dataclass(frozen=True)
+class DriftPolicyConfig(PolicyConfig):
+    """A drift policy's settings (configs/policy/drift.yaml); `drift` takes DriftConfig's fields as a dict too."""
+
+    n_generated: int = 4  # G generated chunks per observation: the group's negatives
+    drift_on: Literal["chunk", "timestep"] = "chunk"  # chunk: one T*Da vector per sample; timestep: T vectors of Da
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    noise_std: float = 1.0  # scale of the generator's input noise
+    extra_positives: int = 0  # k: the chunks of the k nearest observations of other demos are positives too
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.drift, Mapping):  # from config.json or hydra: temperatures come as a list
+            drift = dict(self.drift)
+            object.__setattr__(self, "drift", DriftConfig(**{**drift, "temperatures": tuple(drift.get("temperatures", DriftConfig.temperatures))}))
+        if self.n_generated < 2:
+            raise ValueError(f"n_generated must be >= 2 (the generated chunks repel each other), got {self.n_generated}")
+        if self.drift_on not in ("chunk", "timestep"):
+            raise ValueError(f"drift_on must be 'chunk' (one T*Da vector) or 'timestep' (T vectors of Da), got {self.drift_on!r}")
+        if self.extra_positives < 0:
+            raise ValueError(f"extra_positives must be >= 0, got {self.extra_positives}")
 
 
 class DriftPolicy(Policy):
@@ -16,39 +40,22 @@ class DriftPolicy(Policy):
     extra_positives=k the chunks of the k nearest observations of other demos are positives too."""
 
     policy_type = "drift"
+    config_class = DriftPolicyConfig
     uses_timestep = False
+    config: DriftPolicyConfig
 
-    def __init__(
-        self,
-        *args: Any,
-        n_generated: int = 4,
-        drift_on: Literal["chunk", "timestep"] = "chunk",
-        drift: Mapping[str, Any] | None = None,
-        noise_std: float = 1.0,
-        extra_positives: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        if n_generated < 2:
-            raise ValueError(f"n_generated must be >= 2 (the generated chunks repel each other), got {n_generated}")
-        if drift_on not in ("chunk", "timestep"):
-            raise ValueError(f"drift_on must be 'chunk' (one T*Da vector) or 'timestep' (T vectors of Da), got {drift_on!r}")
-        drift = dict(drift or {})
-        self.drift_config = DriftConfig(**{**drift, "temperatures": tuple(drift.get("temperatures", DriftConfig.temperatures))})
-        if extra_positives < 0:
-            raise ValueError(f"extra_positives must be >= 0, got {extra_positives}")
-        self.n_generated, self.drift_on, self.noise_std = n_generated, drift_on, noise_std
-        self.extra_positives = extra_positives
-        self.init_kwargs.update(n_generated=n_generated, drift_on=drift_on, drift=drift, noise_std=noise_std,
-                                extra_positives=extra_positives)
+    def __init__(self, config: DriftPolicyConfig | None = None, **settings: Any) -> None:
+        super().__init__(config, **settings)
+        config = self.config  # read once here: the sampler and the loss use plain attributes
+        self.n_generated, self.drift_on, self.noise_std = config.n_generated, config.drift_on, config.noise_std
+        self.drift_config, self.extra_positives = config.drift, config.extra_positives
 
     @property
     def nfe(self) -> int:
         return 1
 
-    def sample(self, cond: Tensor, generator: Generators = None) -> Tensor:
-        noise = self.initial_noise(cond.shape[0], cond.device, generator)
-        return self.model(noise * self.noise_std, cond).clamp(-1.0, 1.0)
+    def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
+        return self.model(noise[:, 0] * self.noise_std, cond).clamp(-1.0, 1.0)
 
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         cond = self.encode(batch["obs"])  # [B, C]

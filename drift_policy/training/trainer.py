@@ -19,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from drift_policy.data.dataset import PolicyDataset
+from drift_policy.demos.generate import ensure_demonstrations
 from drift_policy.evaluation import make_runner
 from drift_policy.policies import Policy
+from drift_policy.tasks import load_task
 from drift_policy.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from drift_policy.training.logging import RunLogger
 from drift_policy.training.schedule import LRSchedule
@@ -33,32 +35,22 @@ def snapshot_name(fraction: float) -> str:
     return f"{round(100 * fraction):02d}pct"
 
 
-# Parts of the config that must not change between a run and its resumption.
+# Parts of the config that must not change between a run and its resumption; of the task, only what shapes the
+# training data (its dataset's path, env, metrics and expert may change: a moved data root must not block a resume).
 IDENTITY_KEYS = ("task", "policy", "seed", "train.batch_size", "train.num_steps", "train.max_minutes", "train.lr")
+TASK_IDENTITY_KEYS = ("shape_meta", "horizon", "n_obs_steps", "n_action_steps", "max_train_episodes", "val_ratio")
 
 
 def build_dataset(task: DictConfig, split: str = "train", seed: int = 42) -> PolicyDataset:
     """The task's replay buffer (made by its scripted expert on first use) as a sequence dataset."""
-    ensure_demonstrations(task)
-    buffer = hydra.utils.instantiate(task.dataset)
+    definition = load_task(task)
+    ensure_demonstrations(definition)
+    buffer = definition.make_dataset()
     return PolicyDataset(
         buffer, obs_keys=list(task.shape_meta.obs), horizon=task.horizon, n_obs_steps=task.n_obs_steps,
         n_action_steps=task.n_action_steps, val_ratio=task.get("val_ratio", 0.02),
         max_train_episodes=task.get("max_train_episodes"), seed=seed, split=split,
     )
-
-
-def ensure_demonstrations(task: DictConfig) -> None:
-    """Tasks without a shipped dataset name a scripted expert; run it once when the file is missing."""
-    generate = task.get("generate")
-    path = Path(task.dataset.path)
-    if generate is None or path.exists():
-        return
-    from data.generate import generate as run_expert  # imported lazily: it pulls in the simulators
-
-    print(f"{path} not found: generating {generate.episodes} demonstrations of {generate.task} with the scripted expert "
-          f"(the same as `python -m data.generate --task {generate.task} --episodes {generate.episodes}`)")
-    run_expert(generate.task, path, episodes=int(generate.episodes), image=bool(generate.get("image", False)))
 
 
 def build_policy(cfg: DictConfig) -> Policy:
@@ -109,6 +101,13 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
     return {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in values.items()}
 
 
+def _comparable(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity (this run's, or one saved in a checkpoint) reduced to what a resumption must keep."""
+    task = identity.get("task") or {}
+    dataset = {k: v for k, v in (task.get("dataset") or {}).items() if k not in ("path", "_target_")}
+    return {**identity, "task": {**{k: task.get(k) for k in TASK_IDENTITY_KEYS}, "dataset": dataset}}
+
+
 def train(cfg: DictConfig, run_dir: Path) -> Path:
     """Train (or resume) the run in run_dir; returns the saved policy directory (EMA weights)."""
     run_dir = Path(run_dir)
@@ -134,8 +133,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
 
     state = load_checkpoint(run_dir) if tc.resume else None
     if state is not None:
-        if state["identity"] != _identity(cfg):
-            changed = [k for k in IDENTITY_KEYS if state["identity"].get(k) != _identity(cfg).get(k)]
+        saved, now = _comparable(state["identity"]), _comparable(_identity(cfg))
+        if saved != now:
+            changed = [k for k in IDENTITY_KEYS if saved.get(k) != now.get(k)]
             raise ValueError(f"{run_dir} holds a checkpoint of a different config (changed: {changed}). "
                              f"Start a new run with run_name=<new name>, or train.resume=false to overwrite it.")
         policy.load_state_dict(state["policy"])
@@ -167,10 +167,11 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
         if len(val_dataset) > 0:
             batch = val_dataset.get_batch(np.arange(min(len(val_dataset), 256)))
             with torch.inference_mode():
-                pred = averaged.normalizer.unnormalize("action", averaged.sample(averaged.encode(_to(batch["obs"], device))))
+                obs = _to(batch["obs"], device)
+                pred = averaged.generate(obs, averaged.draw_noise(len(batch["action"]), device))
             metrics["eval/val_action_mse"] = float(((pred.cpu() - batch["action"]) ** 2).mean())
         if tc.eval_rollouts > 0:
-            runner = make_runner(policy.init_kwargs["task"], tc.eval_rollouts, seed_start=cfg.eval_seed_start)
+            runner = make_runner(policy.config.task, tc.eval_rollouts, seed_start=cfg.eval_seed_start)
             result = runner.run(averaged)
             metrics.update({"eval/mean_score": result["mean_score"], "eval/success_rate": result["success_rate"]})
         return metrics

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.block_push import BLOCK_HALF, MAX_MOVE, PUSHER_RADIUS, BlockPushEnv
+from drift_policy.envs.block_push import BLOCK_HALF, MAX_MOVE, PUSHER_RADIUS, BlockPushEnv
 
 CONTACT = BLOCK_HALF * 1.2 + PUSHER_RADIUS     # pusher centre to block centre while pushing
 CLEARANCE = BLOCK_HALF * 1.42 + PUSHER_RADIUS + 0.012  # how far the pusher keeps from blocks it is not pushing
@@ -83,7 +83,7 @@ class BlockPushExpert:
 def env_args(image: bool = False, **kw: Any) -> dict[str, Any]:
     """JSON-able recipe of the env the demos come from (robomimic's data.attrs["env_args"]; type 2 = gym env):
     `env_target(**env_kwargs)` rebuilds it."""
-    return {"env_name": "BlockPush", "type": 2, "env_target": "envs.block_push.make_block_push_env",
+    return {"env_name": "BlockPush", "type": 2, "env_target": "drift_policy.envs.block_push.make_block_push_env",
             "env_kwargs": {"image": image, "render_size": kw.get("render_size", 96), "max_steps": kw.get("max_steps", 350)}}
 
 

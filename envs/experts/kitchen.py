@@ -19,7 +19,7 @@ import mujoco
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.kitchen import TASKS, KitchenEnv
+from drift_policy.envs.kitchen import TASKS, KitchenEnv
 
 OPEN, CLOSE = 1.0, -1.0
 # Gripper pointing forward (+y), fingers opening along world x: FrankaKitchen's start pose, kept throughout.
@@ -210,7 +210,7 @@ PLANS: dict[str, Callable[[KitchenEnv, np.random.Generator], list[Waypoint]]] = 
 def env_args(image: bool = False, **kw: Any) -> dict[str, Any]:
     """JSON-able recipe of the env the demos come from (robomimic's data.attrs["env_args"]; type 2 = gym env):
     `env_target(**env_kwargs)` rebuilds it."""
-    return {"env_name": "FrankaKitchen-v1", "type": 2, "env_target": "envs.kitchen.make_kitchen_env",
+    return {"env_name": "FrankaKitchen-v1", "type": 2, "env_target": "drift_policy.envs.kitchen.make_kitchen_env",
             "tasks": list(TASKS),
             "env_kwargs": {"image": image, "render_size": kw.get("render_size", 96), "max_steps": kw.get("max_steps", 280)}}
 

@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from envs.robosuite_tasks import TASKS, RobosuiteEnv, env_args as task_env_args
+from drift_policy.envs.robosuite_tasks import RobosuiteEnv, env_args as task_env_args
+from drift_policy.tasks import load_task
 
 OPEN, CLOSE = -1.0, 1.0
 ROT_GAIN = 3.0  # rotation action per radian of orientation error (one action unit turns the goal 0.5 rad)
@@ -181,7 +182,7 @@ def collect_episode(seed: int, image: bool = False, task: str = "lift", **kw) ->
     follower = Follower(rng)
     record: dict[str, list] = {"obs": [], "actions": [], "states": []}
     index, held, spent, success = 0, 0, 0, False
-    for _ in range(TASKS[task].max_steps):
+    for _ in range(load_task(task).max_steps):
         wp = plan[index]
         pos, rot = _eef(env)
         action = follower.action(pos, rot, wp)

@@ -1,0 +1,1 @@
+"""Hydra configs of train_policy.py, installed as drift_policy.configs (see pyproject.toml)."""

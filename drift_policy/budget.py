@@ -1,0 +1,89 @@
+"""Train for a wall-clock budget, then evaluate: the arms of bench/compare.py and bench/table.py.
+
+An arm is a name and train_policy overrides ("drift=policy=drift"). `run_arm` trains it for `minutes` (the LR
+schedule ends with the budget) and runs Diffusion Policy's evaluation from seed 100000. Everything resumes: a killed
+arm continues training from its last checkpoint (clock and LR schedule kept) and re-runs only the evaluations it had
+not finished; a finished one returns at once.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from drift_policy.evaluation import episode_metrics, evaluate_once
+from drift_policy.policies import Policy
+from drift_policy.training.trainer import SNAPSHOT_DIR, train
+
+__all__ = ["CURVE", "DEFAULT_ARMS", "compose_cfg", "train_for_minutes", "parse_arm", "arm_run_dir", "run_arm"]
+
+CURVE = (0.25, 0.5, 0.75)  # fractions of the budget at which a learning curve evaluates the EMA policy
+DEFAULT_ARMS = ["drift=policy=drift", "diffusion=policy=diffusion policy.sampler=ddpm policy.num_inference_steps=100"]
+
+
+def compose_cfg(overrides: Sequence[str]) -> DictConfig:
+    """The train_policy config of the installed package with hydra overrides, as the command line builds it."""
+    with initialize_config_module(config_module="drift_policy.configs", version_base=None):
+        return compose("train_policy", overrides=list(overrides))
+
+
+def train_for_minutes(minutes: float, overrides: Sequence[str], run_dir: Path,
+                      snapshots: Sequence[float] = ()) -> tuple[Path, dict[str, Any]]:
+    """Train for a wall-clock budget (the LR schedule ends with it); returns (policy dir, facts). A run killed at any
+    point resumes from its last checkpoint with its clock and LR schedule; a finished run returns at once. The EMA
+    policy is also saved at each `snapshots` fraction of the budget (<run_dir>/snapshots) for a learning curve."""
+    cfg = compose_cfg([*overrides, "train.num_steps=null", f"train.max_minutes={minutes}", "train.eval_every=0",
+                       "train.final_eval=false", "train.resume=true", f"train.snapshots=[{','.join(map(str, snapshots))}]"])
+    policy_dir = train(cfg, run_dir)
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    step_times = [r["train/step_time_s"] for r in rows if "train/step_time_s" in r][1:]  # skip the warm-up window
+    final_lr = [r["train/lr"] for r in rows if "train/lr" in r][-1]
+    return policy_dir, {"train_minutes": summary["train_minutes"], "steps": summary["step"],
+                        "step_time_s": sum(step_times) / max(len(step_times), 1), "final_lr": final_lr}
+
+
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """'name=override override ...' -> (name, overrides); ValueError when it has no name."""
+    name, sep, overrides = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"arm {text!r} must look like 'name=policy=drift policy.n_generated=4'")
+    return name, overrides.split()
+
+
+def arm_run_dir(results: Path, name: str, task: str, arm: str, minutes: float) -> Path:
+    """Where an arm of the benchmark `name` trains and evaluates: <results>/runs/<name>_<task>_<arm>_<minutes>min."""
+    return results / "runs" / f"{name}_{task}_{arm}_{minutes:g}min"
+
+
+def run_arm(arm: str, overrides: Sequence[str], *, task: str, minutes: float, run_dir: Path, rollouts: int, n_envs: int,
+            device: str, curve_rollouts: int = 0, extra_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Train one arm (its overrides, then `extra_overrides`) for the budget in run_dir and evaluate it; returns the
+    table row plus the facts behind it (row, overrides, result, episodes, train, curve). With curve_rollouts > 0 the
+    EMA policy at CURVE fractions of the budget is scored on that many episodes too (curve: ends with the final one)."""
+    policy_dir, facts = train_for_minutes(minutes, [f"task={task}", f"device={device}", *overrides, *extra_overrides],
+                                          run_dir, snapshots=CURVE if curve_rollouts else ())
+    result = evaluate_once(policy_dir, rollouts, n_envs, 2, run_dir / "eval", device)
+    curve = []
+    for snapshot in sorted((run_dir / SNAPSHOT_DIR).glob("*pct")) if curve_rollouts else []:
+        point = evaluate_once(snapshot, curve_rollouts, n_envs, 0, run_dir / "curve" / snapshot.name, device)
+        meta = json.loads((snapshot / "snapshot.json").read_text())
+        curve.append({"minutes": meta["train_minutes"], "steps": meta["step"], "rollouts": curve_rollouts, **episode_metrics(point["episodes"])})
+    if curve:
+        curve.append({"minutes": facts["train_minutes"], "steps": facts["steps"], "rollouts": rollouts, **episode_metrics(result["episodes"])})
+    params = sum(p.numel() for p in Policy.from_pretrained(policy_dir).parameters())
+    row = {"arm": arm, "mean_score": _pm(result, "mean_score"), "success": _pm(result, "success_rate")}
+    if "dp_test_seeds" in result:
+        subset = result["dp_test_seeds"]
+        row.update({"mean_score (first 50)": _pm(subset, "mean_score"), "success (first 50)": _pm(subset, "success_rate")})
+    row.update({"NFE": result["nfe"], "latency p50 ms": round(result["latency_batch1_ms"]["p50"], 2), "steps": facts["steps"],
+                "s/step": round(facts["step_time_s"], 3), "final lr": f"{facts['final_lr']:.1e}", "params M": round(params / 1e6, 2)})
+    return {"row": row, "overrides": list(overrides), "result": {k: v for k, v in result.items() if k != "episodes"},
+            "episodes": result["episodes"], "train": facts, "curve": curve}
+
+
+def _pm(result: dict[str, Any], key: str) -> str:
+    return f"{result[key]:.3f} ± {result[key + '_se']:.3f}"
