@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from drift_policy.training.trainer import build_dataset, build_policy
-from eval_policy import evaluate, summary_table
+from drift_policy.eval import evaluate, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

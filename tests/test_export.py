@@ -133,7 +133,7 @@ def test_eval_policy_scores_an_exported_policy_like_the_torch_one(pusht, tmp_pat
     """eval_policy.py --onnx runs the export with the torch policy's runner, seeds and metrics: the runner passes one
     torch generator per episode and the export draws row i's noise from it as torch does, so every episode's score
     matches the torch policy's (within the graph's float tolerance)."""
-    import eval_policy
+    from drift_policy import eval as eval_cli
     from drift_policy.envs.pusht import make_pusht_env
     from drift_policy.evaluation import evaluate
 
@@ -146,7 +146,7 @@ def test_eval_policy_scores_an_exported_policy_like_the_torch_one(pusht, tmp_pat
                             out_dir=tmp_path / "torch_eval")
     monkeypatch.setattr(sys, "argv", ["eval_policy.py", "--onnx", str(tmp_path / "drift.onnx"), "--rollouts", "4",
                                       "--n-envs", "1", "--videos", "0"])
-    eval_policy.main()
+    eval_cli.main()
     onnx_result = json.loads((tmp_path / "drift_eval" / "eval.json").read_text())  # the default output, beside the file
     assert [e["seed"] for e in onnx_result["episodes"]] == [e["seed"] for e in torch_result["episodes"]] == [100000, 100001, 100002, 100003]
     scores = [e["max_reward"] for e in torch_result["episodes"]]

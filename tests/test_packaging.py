@@ -44,10 +44,15 @@ def test_the_wheel_carries_the_pusht_zarr_and_configs_but_no_generated_demos(tmp
     assert not [n for n in names if "/generated/" in n]
 
 
-def test_training_from_another_directory_finds_the_shipped_data_and_writes_under_the_cwd(tmp_path):
+def test_training_then_evaluating_from_another_directory_uses_the_shipped_data_and_writes_under_the_cwd(tmp_path):
     cmd = [sys.executable, "-m", "drift_policy.train", "task=push_t", "train.num_steps=2", "train.batch_size=4",
            "train.eval_every=0", "train.final_eval=false", "policy.unet.down_dims=[16,32,64]"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert (tmp_path / "outputs" / "runs" / "push_t_drift" / "policy" / "config.json").exists()
+    evaluate = [sys.executable, "-m", "drift_policy.eval", "--rollouts", "1", "--videos", "0", "--n-envs", "1"]
+    result = subprocess.run(evaluate, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": ""})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "outputs" / "runs" / "push_t_drift" / "eval" / "eval.json").exists()

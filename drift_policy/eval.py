@@ -1,0 +1,79 @@
+"""Evaluate a saved policy with Diffusion Policy's protocol: `python eval_policy.py --rollouts 50` (installed:
+`python -m drift_policy.eval` or `drift-eval`), or its ONNX export with the same runner, seeds and metrics: `python eval_policy.py --onnx policy.onnx`.
+
+Episode i runs seed seed_start + i for both the env and the policy's sampling noise, so a score depends
+only on (policy, seeds). Writes eval.json (mean_score, success_rate and p1..pK with standard errors,
+the same over Diffusion Policy's 50 test seeds 100000-100049 when they are included, per-episode records,
+predict_action latency) and a few videos beside the policy, and prints a summary table.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from drift_policy.cli import non_negative_int, positive_int
+from drift_policy.evaluation import evaluate
+
+RUNS = Path("outputs/runs")
+
+
+def latest_policy(runs: Path = RUNS) -> Path:
+    """The most recently saved policy under outputs/runs/*/policy."""
+    saved = sorted(runs.glob("*/policy/model.safetensors"), key=lambda p: p.stat().st_mtime)
+    if not saved:
+        raise FileNotFoundError(f"no saved policy under {runs.resolve()}/*/policy: train one with `python train_policy.py task=push_t`, "
+                                "or pass --checkpoint <run>/policy")
+    return saved[-1].parent
+
+
+def _with_se(result: dict, key: str) -> str:
+    return f"{result[key]:.3f} ± {result[key + '_se']:.3f}"
+
+
+def summary_table(result: dict) -> str:
+    """Markdown rows: metrics as mean ± standard error, and the DP-test-seed subset when present."""
+    metrics = ["mean_score", "success_rate"] + [k for k in result if k.startswith("p") and k[1:].isdigit()]
+    rows = [("task", result["task"]), ("policy", f"{result['policy_type']} ({result['nfe']} NFE)"),
+            ("rollouts (seeds)", f"{result['rollouts']} ({result['seed_start']}-{result['seed_start'] + result['rollouts'] - 1})")]
+    rows += [(k, _with_se(result, k)) for k in metrics]
+    if "dp_test_seeds" in result:
+        subset = result["dp_test_seeds"]
+        label = f"DP test seeds {subset['seeds'][0]}-{subset['seeds'][1]}"
+        rows += [(f"{k}, {label}", _with_se(subset, k)) for k in metrics if k in subset]
+    latency = result["latency_batch1_ms"]
+    rows += [(f"latency batch 1 p50 / p99 ms ({result['device']})", f"{latency['p50']:.2f} / {latency['p99']:.2f}")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", type=Path, default=None, help="a saved policy folder (default: the latest run's)")
+    source.add_argument("--onnx", type=Path, default=None, help="an exported policy (export_onnx's .onnx, its .json beside it), run by onnxruntime")
+    parser.add_argument("--rollouts", type=positive_int, default=50)
+    parser.add_argument("--seed-start", type=int, default=100000, help="episode i uses seed seed_start + i")
+    parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel env processes (default: one per core)")
+    parser.add_argument("--videos", type=non_negative_int, default=4, help="number of episodes to record")
+    parser.add_argument("--device", default="cpu", help="torch device for the policy: cpu, cuda, cuda:1 ...")
+    parser.add_argument("--output", type=Path, default=None, help="default: <run>/eval, or <name>_eval beside an .onnx file")
+    args = parser.parse_args()
+    if args.onnx is not None:
+        if args.onnx.suffix != ".onnx" or not args.onnx.is_file():
+            parser.error(f"--onnx {args.onnx} is not an .onnx file: pass a file written by drift_policy.export.export_onnx")
+        policy_path = args.onnx
+    elif args.checkpoint is None:
+        policy_path = latest_policy()
+        print(f"--checkpoint not given: evaluating the most recently saved policy, {policy_path.resolve()}")
+    elif not args.checkpoint.is_dir():
+        parser.error(f"--checkpoint {args.checkpoint} is not a folder: pass the policy folder of a run (outputs/runs/<name>/policy)")
+    else:
+        policy_path = args.checkpoint
+    out_dir = args.output or (policy_path.with_name(f"{policy_path.stem}_eval") if args.onnx else policy_path.parent / "eval")
+    result = evaluate(policy_path, args.rollouts, args.seed_start, args.n_envs, args.videos, out_dir, args.device)
+    print(summary_table(result))
+    print(f"wrote {out_dir.resolve() / 'eval.json'}")
+
+
+if __name__ == "__main__":
+    main()
