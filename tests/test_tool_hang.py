@@ -1,5 +1,5 @@
 """The scripted ToolHang expert (drift_policy.envs.experts.tool_hang) on a fixed seed: one full episode (at most the
-task's 700 steps) inserts the frame into the stand; hanging the tool is not solved yet (issue #23)."""
+task's 700 steps) inserts the frame into the stand and hangs the tool on it (issue #23)."""
 import numpy as np
 import pytest
 
@@ -23,7 +23,5 @@ def test_expert_inserts_the_frame(episode):
     assert episode["phases"]["frame_assembled"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue #23: with the bar along -x the hooking pose is at Panda's joint limits "
-                                       "(docs/tool_hang_expert.md, section 10)")
 def test_expert_hangs_the_tool(episode):
     assert episode["success"] and episode["phases"]["tool_hung"]
