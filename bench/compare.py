@@ -7,7 +7,7 @@
 Each arm trains for --minutes (the LR schedule ends with the budget), then runs --rollouts episodes from
 seed 100000 (the first 50 are Diffusion Policy's test seeds, reported as a subset too). Prints one markdown
 table of mean ± standard error and writes bench/results/<name>.{md,json}. Resumable: an arm whose result
-is already in <name>.json with the same overrides, budget and rollouts is not run again; a killed arm resumes its
+is already in <name>.json with the same resolved config, budget and rollouts is not run again; a killed arm resumes its
 training from the last checkpoint (clock and LR schedule kept) and re-runs only the evaluations it had not finished.
 Run it alone (`flock /tmp/cpu.lock chrt -f 10 python bench/compare.py ...`): the budget is wall-clock.
 """
@@ -20,7 +20,7 @@ import os
 import platform
 from pathlib import Path
 
-from drift_policy.budget import DEFAULT_ARMS, arm_run_dir, parse_arm, run_arm
+from drift_policy.budget import DEFAULT_ARMS, arm_config, arm_run_dir, parse_arm, run_arm
 from drift_policy.cli import non_negative_int, positive_float, positive_int
 from drift_policy.evaluation import markdown_table
 
@@ -49,13 +49,14 @@ def main() -> None:
     if done.get("setting") != setting:
         done = {"setting": setting, "arms": {}}
     for name, overrides in arms:
-        if done["arms"].get(name, {}).get("overrides") == overrides:
+        config = arm_config(args.task, [*overrides, *args.overrides])
+        if done["arms"].get(name, {}).get("config") == config:
             print(f"{name}: already measured, see {out}")
             continue
         done["arms"][name] = run_arm(name, overrides, task=args.task, minutes=args.minutes,
-                                     run_dir=arm_run_dir(RESULTS, args.name, args.task, name, args.minutes),
+                                     run_dir=arm_run_dir(RESULTS, args.name, args.task, name, args.minutes, config),
                                      rollouts=args.rollouts, n_envs=args.n_envs, device=args.device,
-                                     curve_rollouts=args.curve_rollouts, extra_overrides=args.overrides)
+                                     curve_rollouts=args.curve_rollouts, extra_overrides=args.overrides) | {"config": config}
         done["machine"] = f"{os.cpu_count()}-core {platform.machine()}, torch on {args.device}"
         done["date"] = datetime.date.today().isoformat()
         RESULTS.mkdir(parents=True, exist_ok=True)

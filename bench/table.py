@@ -13,7 +13,8 @@ the demonstrations' split (each demo's order as the env counted it, stored by dr
 run (no expert yet, simulator missing, a dataset of another task) gets a row saying why.
 Each arm's EMA policy is also scored at 25/50/75% of its budget on --curve-rollouts episodes (the learning curve,
 docs/figures/table_<task>.png). Results: bench/results/table.{md,json}. Resumable: a killed run keeps the arms already
-measured with the same budget, rollouts, demos and device, and a killed arm resumes from its last checkpoint. Run it alone (`flock /tmp/cpu.lock chrt -f 10 python ...`).
+measured with the same budget, rollouts, demos, device and resolved config (a changed default re-measures an arm), and
+a killed arm resumes from its last checkpoint. Run it alone (`flock /tmp/cpu.lock chrt -f 10 python ...`).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ import h5py
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # the evaluation records videos of MuJoCo envs; benchmarks run headless
 
-from drift_policy.budget import DEFAULT_ARMS, arm_run_dir, parse_arm, run_arm  # noqa: E402
+from drift_policy.budget import DEFAULT_ARMS, arm_config, arm_run_dir, parse_arm, run_arm  # noqa: E402
 from drift_policy.cli import non_negative_int, positive_float, positive_int  # noqa: E402
 from drift_policy.demos.generate import ensure_demonstrations  # noqa: E402
 from drift_policy.evaluation import markdown_table, mode_shares, successful_orders  # noqa: E402
@@ -118,13 +119,14 @@ def run_task(name: str, args: argparse.Namespace, done: dict[str, Any], save: Ca
         entry["demo_modes"] = None if orders is None else {"n": len(orders), "shares": mode_shares(orders)}
     for arm, arm_overrides in ARMS.items():
         previous = entry["arms"].get(arm)
-        if previous and previous["setting"] == {**setting, "arm": arm_overrides}:
+        arm_setting = {**setting, "arm": arm_overrides, "config": arm_config(name, [*arm_overrides, *overrides])}
+        if previous and previous["setting"] == arm_setting:
             print(f"{name} / {arm}: already measured", flush=True)
             continue
         measured = run_arm(arm, arm_overrides, task=name, minutes=args.minutes_per_arm,
-                           run_dir=arm_run_dir(RESULTS, "table", name, arm, args.minutes_per_arm), rollouts=args.rollouts,
+                           run_dir=arm_run_dir(RESULTS, "table", name, arm, args.minutes_per_arm, arm_setting["config"]), rollouts=args.rollouts,
                            n_envs=args.n_envs, device=args.device, curve_rollouts=args.curve_rollouts, extra_overrides=overrides)
-        entry["arms"][arm] = {**measured, "setting": {**setting, "arm": arm_overrides}}
+        entry["arms"][arm] = {**measured, "setting": arm_setting}
         save()
         print(f"{name} / {arm}: {entry['arms'][arm]['row']}", flush=True)
 

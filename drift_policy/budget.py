@@ -7,18 +7,19 @@ not finished; a finished one returns at once.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from drift_policy.evaluation import episode_metrics, evaluate_once
 from drift_policy.policies import Policy
 from drift_policy.training.trainer import SNAPSHOT_DIR, train
 
-__all__ = ["CURVE", "DEFAULT_ARMS", "compose_cfg", "train_for_minutes", "parse_arm", "arm_run_dir", "run_arm"]
+__all__ = ["CURVE", "DEFAULT_ARMS", "compose_cfg", "arm_config", "train_for_minutes", "parse_arm", "arm_run_dir", "run_arm"]
 
 CURVE = (0.25, 0.5, 0.75)  # fractions of the budget at which a learning curve evaluates the EMA policy
 DEFAULT_ARMS = ["drift=policy=drift", "diffusion=policy=diffusion policy.sampler=ddpm policy.num_inference_steps=100"]
@@ -28,6 +29,14 @@ def compose_cfg(overrides: Sequence[str]) -> DictConfig:
     """The train_policy config of the installed package with hydra overrides, as the command line builds it."""
     with initialize_config_module(config_module="drift_policy.configs", version_base=None):
         return compose("train_policy", overrides=list(overrides))
+
+
+def arm_config(task: str, overrides: Sequence[str]) -> dict[str, Any]:
+    """The resolved policy and training settings an arm trains with on `task`. Benchmarks keep them with a measured
+    arm and reuse the arm only while they are unchanged, so a changed default re-measures it instead of passing off
+    the old numbers as the new config's."""
+    cfg = compose_cfg([f"task={task}", *overrides])
+    return {"seed": cfg.seed, **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("policy", "train")}}
 
 
 def train_for_minutes(minutes: float, overrides: Sequence[str], run_dir: Path,
@@ -54,9 +63,11 @@ def parse_arm(text: str) -> tuple[str, list[str]]:
     return name, overrides.split()
 
 
-def arm_run_dir(results: Path, name: str, task: str, arm: str, minutes: float) -> Path:
-    """Where an arm of the benchmark `name` trains and evaluates: <results>/runs/<name>_<task>_<arm>_<minutes>min."""
-    return results / "runs" / f"{name}_{task}_{arm}_{minutes:g}min"
+def arm_run_dir(results: Path, name: str, task: str, arm: str, minutes: float, config: dict[str, Any]) -> Path:
+    """Where an arm of the benchmark `name` trains and evaluates: <results>/runs/<name>_<task>_<arm>_<minutes>min_<hash>,
+    the hash of its `arm_config`, so an arm whose config changed starts a run of its own instead of resuming the old one."""
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    return results / "runs" / f"{name}_{task}_{arm}_{minutes:g}min_{digest}"
 
 
 def run_arm(arm: str, overrides: Sequence[str], *, task: str, minutes: float, run_dir: Path, rollouts: int, n_envs: int,

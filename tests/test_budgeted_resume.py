@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drift_policy.budget import arm_run_dir, compose_cfg, parse_arm, run_arm
+from drift_policy.budget import arm_config, arm_run_dir, compose_cfg, parse_arm, run_arm
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["policy.unet.down_dims=[8,16,32]", "train.batch_size=4", "train.warmup_steps=1", "train.log_every=1",
@@ -60,7 +60,7 @@ def test_killed_budgeted_run_resumes_with_its_clock_and_lr_schedule(tmp_path):
     # the LR schedule continued from the checkpoint's progress and reached ~0 at the end of the budget
     resumed = [r for r in _rows(run_dir) if r["step"] > state["step"] and "train/progress" in r]
     assert resumed[0]["train/progress"] >= killed_seconds / (60 * BUDGET_MIN) - 1e-9
-    assert resumed[-1]["train/lr"] < 1e-3 * 4e-4 + 1e-12
+    assert resumed[-1]["train/lr"] < 1e-3 * compose_cfg([]).train.lr + 1e-12
     # the snapshot saved before the kill is still there, not saved again
     assert json.loads((run_dir / "snapshots" / "25pct" / "snapshot.json").read_text())["step"] <= state["step"] + 5
 
@@ -71,15 +71,20 @@ def test_arms_parse_and_name_their_run_dirs_as_the_resumed_benchmarks_expect(tmp
     assert parse_arm("G4=policy=drift policy.n_generated=4") == ("G4", ["policy=drift", "policy.n_generated=4"])
     with pytest.raises(ValueError, match="must look like 'name=policy=drift"):
         parse_arm("=policy=drift")
-    assert arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0) == tmp_path / "runs" / "table_push_t_drift_30min"
+    g4, g2 = arm_config("push_t", ["policy=drift", "policy.n_generated=4"]), arm_config("push_t", ["policy=drift", "policy.n_generated=2"])
+    assert g4["policy"]["n_generated"] == 4 and g4["train"]["batch_size"] == compose_cfg([]).train.batch_size
+    assert arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, g4).name.startswith("table_push_t_drift_30min_")
+    # a changed config (here G, as a changed default would) gets a run of its own, never the old checkpoint
+    assert arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, g4) == arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, dict(g4))
+    assert arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, g4) != arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, g2)
 
 
 def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(tmp_path):
-    run_dir = arm_run_dir(tmp_path / "results", "t", "push_t", "drift", 0.05)
+    run_dir = arm_run_dir(tmp_path / "results", "t", "push_t", "drift", 0.05, {})
     arm = dict(task="push_t", minutes=0.05, run_dir=run_dir, rollouts=2, n_envs=1, device="cpu", curve_rollouts=1,
                extra_overrides=[*TINY, "task.max_steps=16"])
     first = run_arm("drift", ["policy=drift"], **arm)
-    assert run_dir == tmp_path / "results" / "runs" / "t_push_t_drift_0.05min" and (run_dir / "eval" / "eval.json").exists()
+    assert run_dir.parent == tmp_path / "results" / "runs" and (run_dir / "eval" / "eval.json").exists()
     assert list(first) == ["row", "overrides", "result", "episodes", "train", "curve"]
     assert [p["rollouts"] for p in first["curve"]] == [1, 1, 1, 2]  # 25/50/75% snapshots, then the final evaluation
     checkpoint_mtime = (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns
