@@ -15,7 +15,7 @@ from drift_policy.policies.base import Policy, PolicyConfig
 class DriftPolicyConfig(PolicyConfig):
     """A drift policy's settings (configs/policy/drift.yaml); `drift` takes DriftConfig's fields as a dict too."""
 
-    n_generated: int = 4  # G generated chunks per observation: the group's negatives
+    n_generated: int = 2  # G generated chunks per observation: the group's negatives
     drift_on: Literal["chunk", "timestep"] = "chunk"  # chunk: one T*Da vector per sample; timestep: T vectors of Da
     drift: DriftConfig = field(default_factory=DriftConfig)
     noise_std: float = 1.0  # scale of the generator's input noise
