@@ -1,8 +1,10 @@
 """Where a training step's time goes, per policy config: batch sampling, loss forward (and inside it the
-U-Net forward and the drift field), backward, optimiser, EMA. Median ms over timed steps.
+U-Net forward and the drift field), backward, optimiser, EMA, and for image tasks the crop and the image
+encoder's forward+backward. Median ms over timed steps.
 
     python bench/step_profile.py                                  # drift and diffusion, default configs
     python bench/step_profile.py --arms "drift=policy=drift policy.n_generated=4" "drift32=policy=drift train.batch_size=32"
+    python bench/step_profile.py --arms "drift=task=push_t_image policy=drift" "diffusion=task=push_t_image policy=diffusion"
     python bench/step_profile.py --conv [--compile]               # also nn.Conv1d vs an unfold+matmul Conv1d (vs torch.compile)
 
 Run it alone on the machine (`flock /tmp/cpu.lock chrt -f 10 python bench/step_profile.py`): other jobs,
@@ -84,6 +86,11 @@ def profile_arm(name: str, overrides: list[str], steps: int) -> dict:
            "unet_fwd+bwd_ms": median_ms(unet_forward_backward, steps),
            "optimizer_ms": median_ms(optimizer.step, steps),
            "ema_ms": median_ms(lambda: ema.step(policy.parameters()), steps)}
+    if policy.obs_encoder.rgb_keys:  # visual tasks: the image path (crop + uint8 -> float, then the ResNets) on its own
+        obs = policy.normalizer.normalize_dict(batch["obs"])
+        frames = batch["obs"][policy.obs_encoder.rgb_keys[0]].flatten(0, 1)
+        row["crop_ms"] = median_ms(lambda: policy.obs_encoder._crop(frames), steps)
+        row["encoder_fwd+bwd_ms"] = median_ms(lambda: policy.obs_encoder(obs).square().mean().backward(), steps)
     if hasattr(policy, "drift_config"):
         gen = torch.randn(batch_size, policy.n_generated, policy.horizon * policy.action_dim, requires_grad=True)
         pos = torch.randn(batch_size, 1, policy.horizon * policy.action_dim)
