@@ -4,7 +4,8 @@
 
 The expert is the one the task's config names (configs/task/<task>.yaml, `expert:`); `--task lift_image` records
 the cameras too. The default output is the task's dataset path. Episode i is the expert's attempt on scene
-`seed + i`; only successful attempts are kept, until `episodes` of them are written. Expert modules expose
+`seed + i`; only successful attempts are kept, until `episodes` of them are written. A killed run continues where
+it stopped when the same command runs again, and a file with fewer demos is extended. Expert modules expose
 `collect_episode(seed, image=False, **kw) -> dict` (obs, actions, states, success) and
 `env_args(image=False, **kw) -> dict`; both get `task=<the expert's task>` as a keyword.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shutil
 import signal
 import sys
 import threading
@@ -91,21 +93,28 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def generate(task: str, out: str | Path, episodes: int, seed: int = 0) -> dict:
-    """Write `episodes` successful demonstrations of `task`'s expert to `out` (atomically); returns attempts,
-    successes, success_rate and wall_time_s, also stored in the file's attrs."""
+    """Write `episodes` successful demonstrations of `task`'s expert to `out`; returns attempts, successes,
+    success_rate and wall_time_s, also stored in the file's attrs.
+
+    Nothing made is lost: the demos go to `<out>.partial`, flushed after every attempt and renamed to `out` when
+    complete; an interrupted run keeps it and the same command continues from its last attempt, and an `out` of the
+    same task, seed and cameras with fewer demos is extended (its attempts are not run again)."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     definition = expert_of(task)
     expert, task, image = definition.expert_module(), definition.expert.task, bool(definition.expert.image)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    start, attempts, phases = time.perf_counter(), 0, {}
-    try:
-        with _sigterm_raises(), h5py.File(tmp, "w") as f:
-            group = f.create_group("data")
-            group.attrs["env_args"] = json.dumps(expert.env_args(image=image, task=task))
-            with tqdm(total=episodes, desc=f"{task} expert", unit="demo") as bar:
+    partial = _open_partial(out, episodes, {"task": task, "seed": seed, "image": image},
+                            env_args=json.dumps(expert.env_args(image=image, task=task)))
+    start = time.perf_counter()
+    with _sigterm_raises(), h5py.File(partial, "a") as f:
+        group, attrs = f["data"], f.attrs
+        attempts, phases, spent = int(attrs["expert_attempts"]), json.loads(attrs["expert_phases"]), float(attrs["expert_wall_time_s"])
+        if attempts:
+            print(f"continuing {partial}: {len(group)} demos after {attempts} attempts", flush=True)
+        try:
+            with tqdm(total=episodes, initial=len(group), desc=f"{task} expert", unit="demo") as bar:
                 while len(group) < episodes:
                     if attempts >= MAX_ATTEMPTS_PER_EPISODE * episodes:
                         raise RuntimeError(f"the {task} expert succeeded {len(group)} times in {attempts} attempts; "
@@ -118,18 +127,51 @@ def generate(task: str, out: str | Path, episodes: int, seed: int = 0) -> dict:
                         _write_demo(group, episode, seed + attempts - 1)
                         bar.update(1)
                     bar.set_postfix(success_rate=f"{len(group) / attempts:.2f}")
-            stats = {"task": task, "attempts": attempts, "successes": len(group), "success_rate": len(group) / attempts,
-                     "wall_time_s": time.perf_counter() - start, "seed": seed, "image": image}
-            group.attrs["total"] = int(sum(group[d].attrs["num_samples"] for d in group))
-            for key, value in stats.items():
-                f.attrs[f"expert_{key}"] = value
-            f.attrs["expert_phases"] = json.dumps(phases)
-            stats["phases"] = phases
-    except BaseException:  # an interrupted run (Ctrl-C, SIGTERM, an error) leaves no half-written file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out)
+                    attrs["expert_attempts"], attrs["expert_phases"] = attempts, json.dumps(phases)
+                    attrs["expert_wall_time_s"] = spent + time.perf_counter() - start
+                    f.flush()
+        except BaseException:  # Ctrl-C, SIGTERM, an error: what was made stays in the partial file
+            print(f"\nstopped: {len(group)} demos ({attempts} attempts) kept in {partial}; the same command continues "
+                  "from there", file=sys.stderr, flush=True)
+            raise
+        stats = {"task": task, "attempts": attempts, "successes": len(group), "success_rate": len(group) / attempts,
+                 "wall_time_s": float(attrs["expert_wall_time_s"]), "seed": seed, "image": image}
+        group.attrs["total"] = int(sum(group[d].attrs["num_samples"] for d in group))
+        for key, value in stats.items():
+            attrs[f"expert_{key}"] = value
+        stats["phases"] = phases
+    partial.replace(out)
     return stats
+
+
+def _open_partial(out: Path, episodes: int, identity: dict, env_args: str) -> Path:
+    """`<out>.partial`, ready to take more demos: the interrupted run's own when it is of the same task, seed and
+    cameras, else a copy of a shorter `out` of the same kind, else a new file."""
+    partial = out.with_name(out.name + ".partial")
+    for source in (partial, out):
+        if source.exists() and _continues(source, episodes, identity):
+            if source != partial:
+                shutil.copyfile(source, partial)
+            return partial
+    with h5py.File(partial, "w") as f:
+        f.create_group("data").attrs["env_args"] = env_args
+        for key, value in identity.items():
+            f.attrs[f"expert_{key}"] = value
+        f.attrs["expert_attempts"], f.attrs["expert_phases"], f.attrs["expert_wall_time_s"] = 0, "{}", 0.0
+    return partial
+
+
+def _continues(path: Path, episodes: int, identity: dict) -> bool:
+    """Whether the demos file at `path` was made with `identity` (task, seed, image) and holds fewer than `episodes`;
+    a file an interrupted write left unreadable does not."""
+    try:
+        with h5py.File(path, "r") as f:
+            made = {key: f.attrs.get(f"expert_{key}") for key in identity}
+            return ({k: v.item() if hasattr(v, "item") else v for k, v in made.items()} == identity
+                    and "expert_attempts" in f.attrs and len(f["data"]) < episodes)
+    except OSError as err:
+        print(f"{path} cannot be read ({err}); starting over", file=sys.stderr)
+        return False
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -46,7 +46,7 @@ def test_generate_cli_writes_robomimic_layout(tmp_path, capsys):
         assert {"actions", "states", "obs", "rewards", "dones"} <= set(demo)
         assert demo.attrs["num_samples"] == len(demo["actions"]) and demo.attrs["seed"] == 5
         assert '"env_name": "Lift"' in f["data"].attrs["env_args"]
-    assert not out.with_name("lift.hdf5.tmp").exists()
+    assert not out.with_name("lift.hdf5.partial").exists()
 
 
 def test_registry_errors():
@@ -58,14 +58,44 @@ def test_registry_errors():
         collect_episode(0, task="block_push")
 
 
-def test_sigterm_during_generation_leaves_no_temp_file(tmp_path):
+def test_sigterm_during_generation_never_leaves_an_incomplete_dataset(tmp_path):
     out = tmp_path / "lift.hdf5"
+    partial = out.with_name("lift.hdf5.partial")
     proc = subprocess.Popen([sys.executable, "-m", "drift_policy.demos.generate", "--task", "lift", "--episodes", "50", "--out", str(out)],
                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not out.with_name("lift.hdf5.tmp").exists() and time.time() < deadline and proc.poll() is None:
+    while not partial.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "drift_policy.demos.generate ended before the signal"
     proc.terminate()
     assert proc.wait(timeout=60) != 0  # 143, or 1 when the signal lands inside a C extension's import
-    assert list(tmp_path.iterdir()) == []
+    assert not out.exists()  # the dataset path only ever holds a complete file
+    with h5py.File(partial) as f:  # what was made is kept, readable, for the same command to continue
+        assert len(f["data"]) <= f.attrs["expert_attempts"] < 50
+
+
+def test_an_interrupted_generation_continues_and_a_shorter_file_is_extended(tmp_path, monkeypatch):
+    """Demos made before a Ctrl-C are kept and not made again; asking the same file for more extends it."""
+    import drift_policy.envs.experts.robosuite as expert
+    calls, real = [], expert.collect_episode
+
+    def interrupted_on_third(seed, **kw):
+        calls.append(seed)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(seed, **kw)
+
+    monkeypatch.setattr(expert, "collect_episode", interrupted_on_third)
+    out = tmp_path / "lift.hdf5"
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate("lift", out, episodes=3, seed=7)
+    assert not out.exists() and calls == [7, 8, 9]
+    stats = gen.generate("lift", out, episodes=3, seed=7)  # the same command again
+    assert calls[3] == 9 and stats["attempts"] == len(calls) - 1  # resumes at the interrupted attempt, none repeated
+    stats = gen.generate("lift", out, episodes=4, seed=7)  # more of the same file
+    assert stats["successes"] == 4 and stats["attempts"] == len(calls) - 1
+    with h5py.File(out) as f:
+        seeds = [int(f[f"data/demo_{i}"].attrs["seed"]) for i in range(4)]
+        assert seeds == sorted(set(seeds)) and seeds[0] == 7 and f.attrs["expert_attempts"] == stats["attempts"]
+        np.testing.assert_array_equal(f["data/demo_0/actions"], real(7, task="lift")["actions"])
+    assert not out.with_name("lift.hdf5.partial").exists()
