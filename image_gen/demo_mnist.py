@@ -11,16 +11,19 @@
 Outputs under `out` (default outputs/image_gen/demo_mnist/): guidance.png, samples_best.png,
 samples_alpha1.png, real.png, result.json, run/ (metrics.jsonl, curves.png, checkpoints, generator/),
 mae/, judge/. A killed run resumes where it stopped (the judge and the encoder are kept, the generator
-resumes from its checkpoint); restart=true starts over.
+resumes from its checkpoint and its training clock); restart=true starts over. result.json records the
+generator steps taken and their training minutes.
 
     python image_gen/demo_mnist.py                    # CPU, 2 threads
     python image_gen/demo_mnist.py device=cuda        # the same run on a GPU
     python image_gen/demo_mnist.py steps=3000 n_gen=32 restart=true   # any DemoOptions field as key=value
+    python image_gen/demo_mnist.py minutes=20 steps=null               # the generator trains 20 minutes
 """
 from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +34,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from image_gen.image_data import prepare_dataset  # noqa: E402
 from image_gen.judge import Judge, Scorer, train_judge  # noqa: E402
 from image_gen.models.generator import DriftDiT  # noqa: E402
 from image_gen.sample import generate, save_grid  # noqa: E402
 from image_gen.train_mae import train_mae  # noqa: E402
-from image_gen.trainer import train  # noqa: E402
+from image_gen.trainer import SUMMARY, lr_schedule, train  # noqa: E402
 
 CONFIGS = str(Path(__file__).resolve().parent / "configs")
 
@@ -52,7 +55,10 @@ class DemoOptions:
     restart: bool = False  # delete `out` first instead of resuming
     judge_epochs: int = 8
     mae_steps: int = 300
-    steps: int = 1800  # generator steps
+    steps: int | None = 1800  # generator steps; null: minutes alone is the budget
+    # generator training wall-clock minutes (evaluations excluded); with steps, the earlier budget ends the run
+    # and the cosine LR. null: steps alone
+    minutes: float | None = None
     n_gen: int = 16  # generated samples per class per step (10 classes per step)
     n_pos: int = 32
     n_unc: int = 16
@@ -65,9 +71,39 @@ class DemoOptions:
     per_class: int = 100  # generated samples per class for the judge: 1,000, as many as the held-out digits
 
 
-def compose_config(name: str, overrides: list[str]):
+def parse_options(args: list[str]) -> DictConfig:
+    """DemoOptions with key=value overrides."""
+    return OmegaConf.merge(OmegaConf.structured(DemoOptions), OmegaConf.from_cli(args))
+
+
+def compose_config(name: str, overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=CONFIGS, version_base=None):
         return compose(name, overrides=overrides)
+
+
+def _override(value: object) -> str:
+    """A value as a hydra override writes it (None as null)."""
+    return "null" if value is None else str(value)
+
+
+def mae_overrides(opts: DictConfig, mae_dir: Path) -> list[str]:
+    """The MAE feature encoder's config (mae.yaml) overrides."""
+    return ["data=mnist", f"data.cache_dir={opts.cache_dir}", f"out_dir={mae_dir}", f"device={opts.device}",
+            "encoder.width=16", "encoder.blocks=[1,1,1]", "encoder.stem_stride=2", "mae.decoder_width=32",
+            f"train.steps={opts.mae_steps}", "train.batch_size=128", "train.warmup_steps=20",
+            "train.num_workers=0", "train.log_every=50"]
+
+
+def generator_overrides(opts: DictConfig, mae_dir: Path, run_dir: Path) -> list[str]:
+    """The Drift-S/4 generator's config (train.yaml) overrides."""
+    return ["model=S_4", "data=mnist", f"data.cache_dir={opts.cache_dir}", f"device={opts.device}",
+            f"feature.encoder_path={mae_dir}", f"run_dir={run_dir}", "batch.n_classes=10",
+            f"batch.n_gen={opts.n_gen}", f"batch.n_pos={opts.n_pos}", f"batch.n_unc={opts.n_unc}",
+            "queue.push_per_step=128", f"optim.lr={opts.lr}", f"drift.temperatures={list(opts.temperatures)}",
+            "optim.warmup_steps=50", "optim.schedule=cosine", "optim.ema_decay=0.995",
+            f"train.steps={_override(opts.steps)}", f"train.max_minutes={_override(opts.minutes)}",
+            "train.log_every=25", f"train.checkpoint_every={opts.eval_every}", f"train.eval_every={opts.eval_every}",
+            "train.num_workers=0", "train.checkpointing=false"]
 
 
 def per_class_rows(labels: torch.Tensor, count: int) -> torch.Tensor:
@@ -94,13 +130,16 @@ def guidance_plot(rows: list[dict], floor: float, path: Path) -> None:
 
 
 def main() -> None:
-    opts = OmegaConf.merge(OmegaConf.structured(DemoOptions), OmegaConf.from_cli())
+    opts = parse_options(sys.argv[1:])
     if opts.device not in ("cpu", "cuda") or (opts.device == "cuda" and not torch.cuda.is_available()):
         raise ValueError(f"device={opts.device}: use device=cpu, or device=cuda on a machine where torch sees a GPU")
     torch.set_num_threads(opts.threads)
     out = Path(opts.out)
     if opts.restart:
         shutil.rmtree(out, ignore_errors=True)
+    mae_dir = out / "mae"
+    cfg = compose_config("train", generator_overrides(opts, mae_dir, out / "run"))
+    lr_schedule(cfg)  # a budget without steps or minutes fails now, not after the judge and the MAE
     start = time.time()
     data = {"name": "mnist", "cache_dir": opts.cache_dir}
     train_x, train_y = prepare_dataset({**data, "split": "train"}).tensors()
@@ -119,13 +158,8 @@ def main() -> None:
     print(f"judge: held-out accuracy {100 * held_accuracy:.1f}% on {len(held_y)} digits; "
           f"FID floor (training vs held-out digits) {floor:.3f}")
 
-    mae_dir = out / "mae"
     if not (mae_dir / "encoder.json").exists():
-        train_mae(compose_config("mae", [
-            "data=mnist", f"data.cache_dir={opts.cache_dir}", f"out_dir={mae_dir}", f"device={opts.device}",
-            "encoder.width=16", "encoder.blocks=[1,1,1]", "encoder.stem_stride=2", "mae.decoder_width=32",
-            f"train.steps={opts.mae_steps}", "train.batch_size=128", "train.warmup_steps=20",
-            "train.num_workers=0", "train.log_every=50"]))
+        train_mae(compose_config("mae", mae_overrides(opts, mae_dir)))
 
     labels = torch.arange(10).repeat_interleave(opts.per_class)
 
@@ -136,16 +170,9 @@ def main() -> None:
             metrics |= {f"eval/accuracy_alpha{alpha:g}": verdict.accuracy, f"eval/fid_alpha{alpha:g}": verdict.fid}
         return metrics
 
-    cfg = compose_config("train", [
-        "model=S_4", "data=mnist", f"data.cache_dir={opts.cache_dir}", f"device={opts.device}",
-        f"feature.encoder_path={mae_dir}", f"run_dir={out / 'run'}", "batch.n_classes=10",
-        f"batch.n_gen={opts.n_gen}", f"batch.n_pos={opts.n_pos}", f"batch.n_unc={opts.n_unc}",
-        "queue.push_per_step=128", f"optim.lr={opts.lr}", f"drift.temperatures={list(opts.temperatures)}",
-        "optim.warmup_steps=50", "optim.schedule=cosine", "optim.ema_decay=0.995",
-        f"train.steps={opts.steps}", "train.log_every=25", f"train.checkpoint_every={opts.eval_every}",
-        f"train.eval_every={opts.eval_every}", "train.num_workers=0", "train.checkpointing=false",
-    ])
-    model = DriftDiT.from_pretrained(train(cfg, evaluate)).to(opts.device)
+    generator_dir = train(cfg, evaluate)
+    model = DriftDiT.from_pretrained(generator_dir).to(opts.device)
+    trained = json.loads((generator_dir.parent / SUMMARY).read_text())  # totals over resumes
 
     rows = []
     for alpha in opts.alphas:
@@ -164,11 +191,12 @@ def main() -> None:
         save_grid(torch.cat(list(generate(model, grid_labels, alpha=alpha, seed=1))), out / f"{name}.png", nrow=10)
     save_grid(held_x[per_class_rows(held_y, 10)], out / "real.png", nrow=10)
     result = {"judge_heldout_accuracy": held_accuracy, "fid_floor": floor, "best_alpha": best["alpha"],
-              "best": best, "guidance": rows, "steps": opts.steps, "minutes": (time.time() - start) / 60,
+              "best": best, "guidance": rows, "generator_steps": trained["steps"],
+              "generator_train_minutes": trained["train_minutes"], "minutes": (time.time() - start) / 60,
               "options": OmegaConf.to_container(opts)}
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(f"wrote {out}/guidance.png, samples_best.png (alpha {best['alpha']:g}), result.json "
-          f"in {result['minutes']:.1f} min")
+          f"in {result['minutes']:.1f} min ({trained['steps']} generator steps in {trained['train_minutes']:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -47,10 +47,19 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def all_true(flag: bool) -> bool:
+def all_true(flag: bool, device: torch.device) -> bool:
     """True only when the flag holds on every process (keeps ranks stepping in lockstep)."""
     if not dist.is_initialized():
         return flag
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=device)  # on the device: NCCL reduces CUDA tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item())
+
+
+def from_rank0(value: float, device: torch.device) -> float:
+    """Rank 0's value on every process (the value itself when not distributed)."""
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)  # on the device: NCCL reduces CUDA tensors only
+    dist.broadcast(t, src=0)
+    return t.item()

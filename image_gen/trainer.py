@@ -6,17 +6,19 @@ class's guidance scale alpha, which the generator also receives. The drift stati
 (stats_over="group" by default), so a class's loss does not depend on which classes share its batch
 or its GPU: DDP over R processes computes exactly the single-process loss of the union of groups.
 All randomness of a step comes from a generator seeded by (seed, step, rank), so resuming from an
-atomic checkpoint replays the run an uninterrupted job would have made.
+atomic checkpoint replays the run an uninterrupted job would have made. The budget is train.steps,
+train.max_minutes of training wall-clock (evaluations excluded, carried across resumes), or whichever
+ends first; the LR schedule (the policies' LRSchedule) ends with it.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from diffusers.optimization import get_scheduler
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
@@ -27,6 +29,7 @@ from tqdm.auto import tqdm
 from drift_policy.drift import DriftConfig
 from drift_policy.training.checkpoint import load_checkpoint, save_checkpoint
 from drift_policy.training.logging import RunLogger
+from drift_policy.training.schedule import LRSchedule
 from image_gen import distributed
 from image_gen.features import MultiScaleFeatures
 from image_gen.guidance import sample_alpha, unconditional_weight
@@ -37,6 +40,9 @@ from image_gen.models.generator import DriftDiT
 from image_gen.queues import SampleQueues
 
 GENERATOR_DIR = "generator"
+SUMMARY = "train_summary.json"
+# optim.schedule -> LRSchedule kind; every schedule warms up linearly over optim.warmup_steps
+SCHEDULES = {"cosine": "cosine", "constant": "constant", "constant_with_warmup": "constant"}
 
 
 @dataclass
@@ -72,17 +78,28 @@ def draw_batch(queues: SampleQueues, model: DriftDiT, cfg: DictConfig, rng: torc
     return DriftBatch(labels, alpha, noise, style, queues.positives(labels, b.n_pos, rng), unc)
 
 
+def generate_groups(model: nn.Module, batch: DriftBatch) -> Tensor:
+    """The batch's generated samples [G*N, *shape], grouped by class."""
+    n = batch.noise.shape[0] // len(batch.labels)
+    return model(batch.noise, batch.labels.repeat_interleave(n), batch.alpha.repeat_interleave(n), batch.style)
+
+
+def batch_unconditional_weight(batch: DriftBatch) -> Optional[Tensor]:
+    """Per-class weight [G] of the unconditional negatives (None without guidance)."""
+    if batch.unc is None:
+        return None
+    return unconditional_weight(batch.alpha, batch.noise.shape[0] // len(batch.labels), batch.unc.shape[1])
+
+
 def drift_step_loss(model: nn.Module, features: MultiScaleFeatures, batch: DriftBatch, config: DriftConfig,
                     chunk_groups: Optional[int] = None) -> tuple[Tensor, dict[str, float]]:
     """Generate, embed, and sum the per-feature drift losses of a batch of class groups."""
-    g = len(batch.labels)
-    n = batch.noise.shape[0] // g
-    x = model(batch.noise, batch.labels.repeat_interleave(n), batch.alpha.repeat_interleave(n), batch.style)
+    x = generate_groups(model, batch)
     with torch.no_grad():
         pos = features(batch.pos.flatten(0, 1).to(x.dtype))
         unc = features(batch.unc.flatten(0, 1).to(x.dtype)) if batch.unc is not None else None
-    weight = unconditional_weight(batch.alpha, n, batch.unc.shape[1]) if batch.unc is not None else None
-    loss, info = feature_drift_loss(features(x), pos, g, unc, weight, config, chunk_groups)
+    loss, info = feature_drift_loss(features(x), pos, len(batch.labels), unc, batch_unconditional_weight(batch),
+                                    config, chunk_groups)
     return loss, info | {"guidance/alpha": batch.alpha.mean().item()}
 
 
@@ -97,8 +114,19 @@ def drift_config(cfg: DictConfig) -> DriftConfig:
     return DriftConfig(temperatures=tuple(cfg.drift.temperatures), stats_over=cfg.drift.stats_over)
 
 
+def lr_schedule(cfg: DictConfig) -> LRSchedule:
+    """optim.schedule over the budget: train.steps and/or train.max_minutes, whichever ends first."""
+    if cfg.optim.schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule must be one of {sorted(SCHEDULES)} (linear warm-up over optim.warmup_steps, "
+                         f"then constant or cosine to 0 at the end of the budget), got {cfg.optim.schedule!r}")
+    if cfg.train.steps is None and cfg.train.max_minutes is None:
+        raise ValueError("set a budget: train.steps and/or train.max_minutes (training wall-clock minutes)")
+    return LRSchedule(cfg.optim.lr, SCHEDULES[cfg.optim.schedule], cfg.optim.warmup_steps, cfg.train.steps,
+                      cfg.train.max_minutes)
+
+
 def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, float]]] = None) -> Path:
-    """Train until cfg.train.steps, resuming from run_dir's checkpoint; returns the EMA generator directory.
+    """Train until the budget ends, resuming from run_dir's checkpoint; returns the EMA generator directory.
 
     `evaluate(ema_generator) -> metrics` runs on rank 0 every train.eval_every steps (and at the end).
     """
@@ -121,18 +149,17 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
     model = DistributedDataParallel(generator) if world > 1 else generator
     opt = torch.optim.AdamW(generator.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
-    sched = get_scheduler(cfg.optim.schedule, opt, num_warmup_steps=cfg.optim.warmup_steps,
-                          num_training_steps=cfg.train.steps)
+    schedule = lr_schedule(cfg)
     queues = SampleQueues(cfg.data.num_classes, shape, cfg.queue.per_class, cfg.queue.unconditional,
                           dtype=getattr(torch, cfg.queue.dtype))
-    step, pushed = 0, 0
+    step, pushed, train_seconds = 0, 0, 0.0  # train_seconds: wall-clock spent training (evaluations excluded)
     ckpt = load_checkpoint(run_dir) if cfg.train.resume else None
     if ckpt is not None:
         generator.load_state_dict(ckpt["generator"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
         step, pushed = ckpt["step"], ckpt["pushed"]
+        train_seconds = ckpt.get("train_seconds", 0.0)  # checkpoints from before the clock have none
         queue_state = load_checkpoint(run_dir / "queues" / f"rank{rank}")
         if queue_state is not None and queue_state["step"] == step:
             queues.load_state_dict(queue_state["queues"])  # else the queues refill from the data stream
@@ -144,15 +171,27 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     config, b = drift_config(cfg), cfg.batch
-    t0, last_logged = time.time(), step
+    timed = cfg.train.max_minutes is not None
+    clock_start = time.perf_counter() - train_seconds  # the clock continues from the checkpoint's
+
+    def clock() -> float:
+        """Training seconds so far; under a minutes budget rank 0's, so every rank stops and sets its LR alike."""
+        seconds = time.perf_counter() - clock_start
+        return distributed.from_rank0(seconds, device) if timed else seconds
+
+    progress = schedule.progress(step, train_seconds)
+    last_logged, last_seconds = step, train_seconds
     bar = tqdm(total=cfg.train.steps, initial=step, desc="drift", disable=rank != 0)
-    while step < cfg.train.steps:
+    while progress < 1.0:
         x, y = next(loader)
         queues.push(x, y)
         pushed += 1
         ready = len(queues.ready_classes(b.n_pos)) >= b.n_classes and queues.unconditional.filled()[0] >= b.n_unc
-        if not distributed.all_true(ready):  # every rank fills its queues before any rank steps
+        if not distributed.all_true(ready, device):  # every rank fills its queues before any rank steps
             continue
+        lr = schedule(step, progress)
+        for group in opt.param_groups:
+            group["lr"] = lr
         batch = draw_batch(queues, generator, cfg, step_generator(cfg.seed, step, rank)).to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.bf16):
             loss, info = drift_step_loss(model, features, batch, config, cfg.drift.chunk_groups)
@@ -160,30 +199,37 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(generator.parameters(), cfg.optim.grad_clip)
         opt.step()
-        sched.step()
         ema.update_parameters(generator)
         step += 1
+        train_seconds = clock()
+        progress = schedule.progress(step, train_seconds)
+        last = progress >= 1.0
         bar.update()
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        if timed:
+            bar.set_postfix(budget=f"{min(progress, 1.0):.0%}", refresh=False)
+        if step % cfg.train.log_every == 0 or last:
             metrics = {"loss/drift": distributed.mean_over_ranks(loss).item(), "loss/grad_norm": grad_norm.item(),
-                       "lr": sched.get_last_lr()[0], "speed/steps_per_s": (step - last_logged) / (time.time() - t0),
-                       **info}
-            t0, last_logged = time.time(), step
+                       "lr": lr, "speed/steps_per_s": (step - last_logged) / (train_seconds - last_seconds),
+                       "time/train_seconds": train_seconds, **info}
+            last_logged, last_seconds = step, train_seconds
             if logger:
                 logger.log(step, metrics)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+        if step % cfg.train.checkpoint_every == 0 or last:
             save_checkpoint(run_dir / "queues" / f"rank{rank}", {"step": step, "queues": queues.state_dict()})
             distributed.barrier()
             if rank == 0:
-                save_checkpoint(run_dir, {"step": step, "pushed": pushed, "generator": generator.state_dict(),
-                                          "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                                          "scheduler": sched.state_dict()})
-        if logger and evaluate and (step % cfg.train.eval_every == 0 or step == cfg.train.steps):
+                save_checkpoint(run_dir, {"step": step, "pushed": pushed, "train_seconds": train_seconds,
+                                          "generator": generator.state_dict(), "ema": ema.state_dict(),
+                                          "optimizer": opt.state_dict()})
+        if logger and evaluate and (step % cfg.train.eval_every == 0 or last):
+            paused = time.perf_counter()
             logger.log(step, evaluate(ema.module.eval()))
             ema.module.train()
+            clock_start += time.perf_counter() - paused  # the evaluation is not training time
     bar.close()
     if logger:
         ema.module.save_pretrained(run_dir / GENERATOR_DIR)
+        (run_dir / SUMMARY).write_text(json.dumps({"steps": step, "train_minutes": train_seconds / 60}))
         logger.plot()
     distributed.barrier()
     return run_dir / GENERATOR_DIR

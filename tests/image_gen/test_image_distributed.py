@@ -76,7 +76,7 @@ def _free_port() -> int:
 
 def test_two_gloo_processes_match_one_process(tmp_path, toy_config):
     torch.set_num_threads(1)
-    cfg = toy_config("train.steps=2")
+    cfg = toy_config("train.steps=2", "train.max_minutes=10")  # both budgets: the ranks share rank 0's clock
     out = str(tmp_path / "ddp.pt")
     mp.spawn(_worker, args=(_free_port(), out, cfg), nprocs=WORLD, join=True)
     saved = torch.load(out)
@@ -93,5 +93,6 @@ def test_two_gloo_processes_match_one_process(tmp_path, toy_config):
         truth = exact[name]
         err_one, err_ddp = (one[name].double() - truth).abs().max(), (ddp[name].double() - truth).abs().max()
         assert err_ddp <= 8 * err_one + 16 * eps * truth.abs().max(), (name, float(err_ddp), float(err_one))
-    assert load_checkpoint(tmp_path / "run")["step"] == 2
+    state = load_checkpoint(tmp_path / "run")
+    assert state["step"] == 2 and 0 < state["train_seconds"] < 600
     assert (tmp_path / "run" / "queues" / "rank1" / "checkpoints" / "latest.pt").exists()
