@@ -153,11 +153,13 @@ def _open_partial(out: Path, episodes: int, identity: dict, env_args: str) -> Pa
             if source != partial:
                 shutil.copyfile(source, partial)
             return partial
-    with h5py.File(partial, "w") as f:
+    fresh = partial.with_name(partial.name + ".tmp")  # renamed when complete: a kill never leaves a headless partial
+    with h5py.File(fresh, "w") as f:
         f.create_group("data").attrs["env_args"] = env_args
         for key, value in identity.items():
             f.attrs[f"expert_{key}"] = value
         f.attrs["expert_attempts"], f.attrs["expert_phases"], f.attrs["expert_wall_time_s"] = 0, "{}", 0.0
+    fresh.replace(partial)
     return partial
 
 
