@@ -18,6 +18,7 @@ generator steps taken and their training minutes.
     python image_gen/demo_mnist.py device=cuda        # the same run on a GPU
     python image_gen/demo_mnist.py steps=3000 n_gen=32 restart=true   # any DemoOptions field as key=value
     python image_gen/demo_mnist.py minutes=20 steps=null               # the generator trains 20 minutes
+    python image_gen/demo_mnist.py mae_stem_stride=1 "generator_set=['feature.patch_sizes=[4]',queue.per_class=256]"
 """
 from __future__ import annotations
 
@@ -55,14 +56,23 @@ class DemoOptions:
     restart: bool = False  # delete `out` first instead of resuming
     judge_epochs: int = 8
     mae_steps: int = 300
+    mae_stem_stride: int = 2  # mae.yaml encoder.stem_stride: 2 halves the first map (28 -> 14), 1 keeps every pixel
+    # mae.yaml overrides applied last (encoder.width, encoder.blocks: the stages whose maps feed the loss, mae.*)
+    mae_set: list[str] = field(default_factory=list)
     steps: int | None = 1800  # generator steps; null: minutes alone is the budget
     # generator training wall-clock minutes (evaluations excluded); with steps, the earlier budget ends the run
-    # and the cosine LR. null: steps alone
+    # and the LR schedule. null: steps alone
     minutes: float | None = None
+    model: str = "S_4"  # the generator: configs/model/<model>.yaml (S_4 is the one sized for 28x28 MNIST)
     n_gen: int = 16  # generated samples per class per step (10 classes per step)
     n_pos: int = 32
     n_unc: int = 16
-    lr: float = 2e-3  # peak; cosine decay to 0 settles the samples
+    queue_push: int = 128  # queue.push_per_step (the sizes: queue.per_class, queue.unconditional in generator_set)
+    lr: float = 2e-3  # peak of lr_schedule; the cosine's decay to 0 settles the samples
+    lr_schedule: str = "cosine"  # optim.schedule: cosine (to 0 when the budget ends) | constant, after the warm-up
+    ema_decay: float = 0.995  # optim.ema_decay of the sampled (EMA) generator
+    # train.yaml overrides applied last: feature.patch_sizes and feature.raw (the loss's scales), queue.*, model.*
+    generator_set: list[str] = field(default_factory=list)
     # The paper's (0.02, 0.05, 0.2) hold the zero-initialised generator's collapsed start at the class mean
     # (bench/README.md, toy2d); 0.5 lets it spread.
     temperatures: list[float] = field(default_factory=lambda: [0.05, 0.2, 0.5])
@@ -89,21 +99,22 @@ def _override(value: object) -> str:
 def mae_overrides(opts: DictConfig, mae_dir: Path) -> list[str]:
     """The MAE feature encoder's config (mae.yaml) overrides."""
     return ["data=mnist", f"data.cache_dir={opts.cache_dir}", f"out_dir={mae_dir}", f"device={opts.device}",
-            "encoder.width=16", "encoder.blocks=[1,1,1]", "encoder.stem_stride=2", "mae.decoder_width=32",
-            f"train.steps={opts.mae_steps}", "train.batch_size=128", "train.warmup_steps=20",
-            "train.num_workers=0", "train.log_every=50"]
+            "encoder.width=16", "encoder.blocks=[1,1,1]", f"encoder.stem_stride={opts.mae_stem_stride}",
+            "mae.decoder_width=32", f"train.steps={opts.mae_steps}", "train.batch_size=128", "train.warmup_steps=20",
+            "train.num_workers=0", "train.log_every=50", *opts.mae_set]
 
 
 def generator_overrides(opts: DictConfig, mae_dir: Path, run_dir: Path) -> list[str]:
-    """The Drift-S/4 generator's config (train.yaml) overrides."""
-    return ["model=S_4", "data=mnist", f"data.cache_dir={opts.cache_dir}", f"device={opts.device}",
+    """The generator's config (train.yaml) overrides (Drift-S/4 by default)."""
+    return [f"model={opts.model}", "data=mnist", f"data.cache_dir={opts.cache_dir}", f"device={opts.device}",
             f"feature.encoder_path={mae_dir}", f"run_dir={run_dir}", "batch.n_classes=10",
             f"batch.n_gen={opts.n_gen}", f"batch.n_pos={opts.n_pos}", f"batch.n_unc={opts.n_unc}",
-            "queue.push_per_step=128", f"optim.lr={opts.lr}", f"drift.temperatures={list(opts.temperatures)}",
-            "optim.warmup_steps=50", "optim.schedule=cosine", "optim.ema_decay=0.995",
+            f"queue.push_per_step={opts.queue_push}", f"optim.lr={opts.lr}",
+            f"drift.temperatures={list(opts.temperatures)}", "optim.warmup_steps=50",
+            f"optim.schedule={opts.lr_schedule}", f"optim.ema_decay={opts.ema_decay}",
             f"train.steps={_override(opts.steps)}", f"train.max_minutes={_override(opts.minutes)}",
             "train.log_every=25", f"train.checkpoint_every={opts.eval_every}", f"train.eval_every={opts.eval_every}",
-            "train.num_workers=0", "train.checkpointing=false"]
+            "train.num_workers=0", "train.checkpointing=false", *opts.generator_set]
 
 
 def per_class_rows(labels: torch.Tensor, count: int) -> torch.Tensor:
