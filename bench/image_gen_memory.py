@@ -105,7 +105,8 @@ def step_peak(cfg, encoder_width: int, classes: int, checkpoint_generator: bool,
                                                                      flash_attention):
         generator = DriftDiT(num_classes=cfg.data.num_classes, **cfg.model)
         encoder = ResNetEncoder(cfg.model.channels, encoder_width, (3, 4, 6, 3))  # the paper's MAE ablation encoder
-        features = MultiScaleFeatures(encoder, patch_sizes=cfg.feature.patch_sizes, raw=cfg.feature.raw)
+        features = MultiScaleFeatures(encoder, patch_sizes=cfg.feature.patch_sizes, raw=cfg.feature.raw,
+                              raw_patches=cfg.feature.raw_patches)
         generator.checkpointing, encoder.checkpointing = checkpoint_generator, checkpoint_encoder
         ema = [p.detach().clone() for p in generator.parameters()]
         opt = torch.optim.AdamW(generator.parameters(), lr=1e-4)

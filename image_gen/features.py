@@ -1,7 +1,8 @@
 """The multi-scale feature set on which the drift loss is computed.
 
 For every stage map [B, C, H, W] of the encoder: the H*W per-location vectors, the global mean and
-std, and the mean and std of every 2x2 and 4x4 patch; plus the raw input flattened to one vector.
+std, and the mean and std of every 2x2 and 4x4 patch; plus the raw input flattened to one vector and, optionally,
+its non-overlapping k x k pixel patches as vectors (a local pixel-level scale that sees single-pixel noise).
 Each feature is a set of L vectors of dim C, returned as [B, L, C]; the loss treats each of the L
 vectors as its own kernel space (one drift field per location) and each feature as its own scale.
 """
@@ -41,11 +42,14 @@ class MultiScaleFeatures(nn.Module):
     The encoder is frozen but differentiable: gradients reach the generator through it.
     """
 
-    def __init__(self, encoder: Optional[nn.Module] = None, patch_sizes: Sequence[int] = (2, 4), raw: bool = True) -> None:
+    def __init__(self, encoder: Optional[nn.Module] = None, patch_sizes: Sequence[int] = (2, 4), raw: bool = True,
+                 raw_patches: Sequence[int] = ()) -> None:
         super().__init__()
-        if encoder is None and not raw:
-            raise ValueError("no features: give an encoder or keep raw=True")
-        self.encoder, self.patch_sizes, self.raw = encoder, tuple(patch_sizes), raw
+        if encoder is None and not raw and not raw_patches:
+            raise ValueError("no features: give an encoder, keep raw=True or set raw_patches")
+        if any(k < 1 for k in raw_patches):
+            raise ValueError(f"raw_patches are patch sizes in pixels (>= 1), got {list(raw_patches)}")
+        self.encoder, self.patch_sizes, self.raw, self.raw_patches = encoder, tuple(patch_sizes), raw, tuple(raw_patches)
         if encoder is not None:
             encoder.eval().requires_grad_(False)
 
@@ -60,6 +64,8 @@ class MultiScaleFeatures(nn.Module):
         feats: dict[str, Tensor] = {}
         if self.raw:
             feats["raw"] = x.flatten(1)[:, None]
+        for k in self.raw_patches:  # [B, C*k*k, L] -> [B, L, C*k*k]; a border narrower than k is left out
+            feats[f"raw.p{k}"] = F.unfold(x, kernel_size=k, stride=k).transpose(1, 2)
         if self.encoder is not None:
             for i, m in enumerate(self.encoder(x)):
                 feats |= map_features(m.float(), f"stage{i}", self.patch_sizes)

@@ -107,7 +107,8 @@ def build_features(cfg: DictConfig) -> MultiScaleFeatures:
     """The frozen MAE encoder named by feature.encoder_path (or raw samples only when it is null)."""
     path = cfg.feature.encoder_path
     encoder = ResNetEncoder.load(path) if path else None
-    return MultiScaleFeatures(encoder, patch_sizes=cfg.feature.patch_sizes, raw=cfg.feature.raw)
+    return MultiScaleFeatures(encoder, patch_sizes=cfg.feature.patch_sizes, raw=cfg.feature.raw,
+                              raw_patches=cfg.feature.raw_patches)
 
 
 def drift_config(cfg: DictConfig) -> DriftConfig:

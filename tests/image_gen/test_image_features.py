@@ -89,3 +89,12 @@ def test_gradients_reach_the_generator_through_the_frozen_encoder():
     loss, _ = feature_drift_loss(features(x), pos, n_groups=2)
     loss.backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_raw_patches_are_the_pixel_patches_of_the_sample_one_field_per_location():
+    x = torch.randn(2, 3, 9, 8)
+    feats = MultiScaleFeatures(None, raw=False, raw_patches=(4,))(x)
+    assert set(feats) == {"raw.p4"} and feats["raw.p4"].shape == (2, 4, 3 * 16)  # the 9th row is left out
+    assert torch.equal(feats["raw.p4"][1, 3], x[1, :, 4:8, 4:8].flatten())  # location 3: second row, second column
+    with pytest.raises(ValueError, match="raw_patches are patch sizes"):
+        MultiScaleFeatures(None, raw_patches=(0,))
