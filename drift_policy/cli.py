@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 
 def _whole_number_at_least(minimum: int, text: str) -> int:
@@ -26,10 +27,20 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (minutes, rates)."""
+    return _finite_number(text, "> 0", lambda value: value > 0)
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (a decay rate)."""
+    return _finite_number(text, ">= 0", lambda value: value >= 0)
+
+
+def _finite_number(text: str, bound: str, within: Callable[[float], bool]) -> float:
+    """float(text), refused with one message when it is not a number, not finite or not `within` its bound."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number {bound}, got {text!r}") from None
+    if not (within(value) and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value

@@ -5,13 +5,18 @@ Episode i runs seed seed_start + i for both the env and the policy's sampling no
 only on (policy, seeds). Writes eval.json (mean_score, success_rate and p1..pK with standard errors,
 the same over Diffusion Policy's 50 test seeds 100000-100049 when they are included, per-episode records,
 predict_action latency) and a few videos beside the policy, and prints a summary table.
+
+`--ensemble DECAY` executes ACT's temporal ensemble (a plan every step, each step the average of every valid
+prediction for it, weights exp(-DECAY * i), i = 0 the oldest); `--replan-every K` alone replans every K steps
+without averaging. By default either writes beside the plain eval, to eval_ensemble<DECAY>[_replan<K>] or
+eval_replan<K>.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from drift_policy.cli import non_negative_int, positive_int
+from drift_policy.cli import non_negative_float, non_negative_int, positive_int
 from drift_policy.evaluation import evaluate
 
 RUNS = Path("outputs/runs")
@@ -35,6 +40,8 @@ def summary_table(result: dict) -> str:
     metrics = ["mean_score", "success_rate"] + [k for k in result if k.startswith("p") and k[1:].isdigit()]
     rows = [("task", result["task"]), ("policy", f"{result['policy_type']} ({result['nfe']} NFE)"),
             ("rollouts (seeds)", f"{result['rollouts']} ({result['seed_start']}-{result['seed_start'] + result['rollouts'] - 1})")]
+    if "execution" in result:
+        rows.append(("execution", execution_label(result["execution"])))
     rows += [(k, _with_se(result, k)) for k in metrics]
     if "dp_test_seeds" in result:
         subset = result["dp_test_seeds"]
@@ -44,6 +51,18 @@ def summary_table(result: dict) -> str:
     rows += [(f"latency batch 1 p50 / p99 ms ({result['device']})", f"{latency['p50']:.2f} / {latency['p99']:.2f}")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"| {k:<{width}} | {v} |" for k, v in rows)
+
+
+def execution_label(execution: dict) -> str:
+    """eval.json's "execution" in words."""
+    how = "receding horizon" if execution["decay"] is None else f"temporal ensemble, decay {execution['decay']:g}"
+    return f"{how}, a plan every {execution['replan_every']} steps, one action per policy call"
+
+
+def mode_suffix(ensemble: float | None, replan_every: int | None) -> str:
+    """The default output folder's suffix for an execution mode ('' for the policy's own chunks), so that its eval
+    does not replace the plain one."""
+    return (f"_ensemble{ensemble:g}" if ensemble is not None else "") + (f"_replan{replan_every}" if replan_every else "")
 
 
 def main() -> None:
@@ -56,7 +75,14 @@ def main() -> None:
     parser.add_argument("--n-envs", type=positive_int, default=None, help="parallel env processes (default: one per core)")
     parser.add_argument("--videos", type=non_negative_int, default=4, help="number of episodes to record")
     parser.add_argument("--device", default="cpu", help="torch device for the policy: cpu, cuda, cuda:1 ...")
-    parser.add_argument("--output", type=Path, default=None, help="default: <run>/eval, or <name>_eval beside an .onnx file")
+    parser.add_argument("--ensemble", type=non_negative_float, default=None, metavar="DECAY",
+                        help="ACT's temporal ensembling: query the policy every step and execute the weighted average of "
+                             "every valid prediction for the step, weights exp(-DECAY * i), i = 0 the oldest (0: a plain mean)")
+    parser.add_argument("--replan-every", type=positive_int, default=None, metavar="K",
+                        help="plan every K steps, K in 1..T - To + 1 (with --ensemble, default 1; alone: plain receding "
+                             "horizon, K actions of each plan executed)")
+    parser.add_argument("--output", type=Path, default=None, help="default: <run>/eval, or <name>_eval beside an .onnx file "
+                        "(+ _ensemble<DECAY> and/or _replan<K> with those flags)")
     args = parser.parse_args()
     if args.onnx is not None:
         if args.onnx.suffix != ".onnx" or not args.onnx.is_file():
@@ -69,8 +95,10 @@ def main() -> None:
         parser.error(f"--checkpoint {args.checkpoint} is not a folder: pass the policy folder of a run (outputs/runs/<name>/policy)")
     else:
         policy_path = args.checkpoint
-    out_dir = args.output or (policy_path.with_name(f"{policy_path.stem}_eval") if args.onnx else policy_path.parent / "eval")
-    result = evaluate(policy_path, args.rollouts, args.seed_start, args.n_envs, args.videos, out_dir, args.device)
+    name = "eval" + mode_suffix(args.ensemble, args.replan_every)
+    out_dir = args.output or (policy_path.with_name(f"{policy_path.stem}_{name}") if args.onnx else policy_path.parent / name)
+    result = evaluate(policy_path, args.rollouts, args.seed_start, args.n_envs, args.videos, out_dir, args.device,
+                      ensemble=args.ensemble, replan_every=args.replan_every)
     print(summary_table(result))
     print(f"wrote {out_dir.resolve() / 'eval.json'}")
 

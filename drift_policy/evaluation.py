@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from drift_policy import atomic
+from drift_policy.ensemble import TemporalEnsemble
 from drift_policy.export import OnnxPolicy
 from drift_policy.policies import Policy
 from drift_policy.tasks import load_task
@@ -27,10 +28,12 @@ DP_TEST_SEEDS = range(100000, 100050)  # Diffusion Policy's Push-T test initial 
 
 
 def make_runner(task: dict[str, Any], n_rollouts: int, seed_start: int, n_envs: int | None = None,
-                n_videos: int = 0, video_dir: Path | None = None) -> EnvRunner:
-    """Rollout runner for a task config (a plain dict, as saved inside a policy)."""
+                n_videos: int = 0, video_dir: Path | None = None, n_action_steps: int | None = None) -> EnvRunner:
+    """Rollout runner for a task config (a plain dict, as saved inside a policy); n_action_steps, the actions
+    executed per policy call, defaults to the task's Ta."""
     return EnvRunner(
-        load_task(task).make_env, n_obs_steps=task["n_obs_steps"], n_action_steps=task["n_action_steps"], max_steps=task["max_steps"],
+        load_task(task).make_env, n_obs_steps=task["n_obs_steps"], n_action_steps=n_action_steps or task["n_action_steps"],
+        max_steps=task["max_steps"],
         n_rollouts=n_rollouts, seed_start=seed_start, n_envs=n_envs, n_videos=n_videos, video_dir=video_dir,
     )
 
@@ -76,15 +79,22 @@ def batch1_latency_ms(policy: Policy | OnnxPolicy, obs: dict[str, np.ndarray], c
 
 
 def evaluate(policy_path: Path, rollouts: int, seed_start: int, n_envs: int | None, videos: int, out_dir: Path,
-             device: str = "cpu") -> dict:
+             device: str = "cpu", ensemble: float | None = None, replan_every: int | None = None) -> dict:
     """Run the rollouts of a saved policy folder, or of an exported policy (a .onnx file: the same runner, seeds and
-    metrics, run by onnxruntime), and write eval.json; returns its content."""
+    metrics, run by onnxruntime), and write eval.json; returns its content.
+
+    With ensemble (ACT's decay m) the rollouts execute the temporal ensemble of plans made every replan_every steps
+    (default 1); with replan_every alone, plain receding horizon, replan_every actions per plan. Both run one action
+    per policy call (latency_ms is then per env step), and eval.json records the mode as "execution"."""
     policy_path, out_dir = Path(policy_path).resolve(), Path(out_dir).resolve()
     exported = policy_path.suffix == ".onnx"
     policy = load_onnx_for_eval(policy_path, device) if exported else load_for_eval(policy_path, device)
     task = policy.task if exported else policy.config.task
-    runner = make_runner(task, rollouts, seed_start, n_envs=n_envs, n_videos=videos, video_dir=out_dir / "videos")
-    result = runner.run(policy)
+    stepwise = ensemble is not None or replan_every is not None
+    executor = TemporalEnsemble(policy, decay=ensemble, replan_every=replan_every or 1) if stepwise else policy
+    runner = make_runner(task, rollouts, seed_start, n_envs=n_envs, n_videos=videos, video_dir=out_dir / "videos",
+                         n_action_steps=1 if stepwise else None)
+    result = runner.run(executor)
     dp_test = [e for e in result["episodes"] if e["seed"] in DP_TEST_SEEDS]
     if dp_test and len(dp_test) < len(result["episodes"]):
         result["dp_test_seeds"] = {"seeds": [dp_test[0]["seed"], dp_test[-1]["seed"]], "n": len(dp_test), **episode_metrics(dp_test)}
@@ -95,6 +105,8 @@ def evaluate(policy_path: Path, rollouts: int, seed_start: int, n_envs: int | No
     result["latency_batch1_ms"] = batch1_latency_ms(policy, history)
     result.update(policy=str(policy_path), policy_type=policy.policy_type, task=task["name"], nfe=policy.nfe,
                   rollouts=rollouts, seed_start=seed_start, device=f"{device}, onnxruntime" if exported else device)
+    if stepwise:
+        result["execution"] = executor.describe()
     atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=2, default=str))
     return result
 

@@ -3,6 +3,7 @@
 and finite as float32. Every input error names the key and what was expected."""
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Mapping
 
 import numpy as np
@@ -66,6 +67,45 @@ def check_obs_history(obs: Mapping[str, np.ndarray | Tensor], obs_meta: Mapping[
         value = arrays[key] if meta.get("type") == "rgb" else finite_float32(key, arrays[key])
         arrays[key] = value if batched else value[None]
     return arrays, batched, as_numpy
+
+
+def check_frame(obs: Mapping[str, np.ndarray | Tensor], obs_meta: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
+    """One observation of a step(obs) loop: every key, each value one frame of its shape, under predict_action's rules."""
+    check_keys(obs, obs_meta)
+    frame = {}
+    for key, meta in obs_meta.items():
+        value = obs[key]
+        value = np.asarray(value.cpu() if isinstance(value, Tensor) else value)
+        shape = tuple(meta["shape"])
+        if value.shape != shape:
+            history = value.ndim > len(shape) and value.shape[value.ndim - len(shape):] == shape
+            raise ValueError(f"obs[{key!r}] has shape {value.shape}; step(obs) takes one frame of shape {shape}" +
+                             ("; pass histories [To, ...] or [B, To, ...] to predict_action" if history else ""))
+        frame[key] = value[None]  # a one-step history
+    arrays, _, _ = check_obs_history(frame, obs_meta, n_obs_steps=1)
+    return {k: v[0, 0] for k, v in arrays.items()}
+
+
+class ObsHistory:
+    """The last n_obs_steps observations of a step(obs) loop, each checked as it comes, as predict_action's history."""
+
+    def __init__(self, obs_meta: Mapping[str, Mapping], n_obs_steps: int) -> None:
+        self.obs_meta, self.n_obs_steps = obs_meta, n_obs_steps
+        self.frames: deque[dict[str, np.ndarray]] = deque(maxlen=n_obs_steps)
+
+    def clear(self) -> None:
+        """Forget every observation (start of an episode)."""
+        self.frames.clear()
+
+    def append(self, obs: Mapping[str, np.ndarray | Tensor]) -> None:
+        """Check one observation (a frame per key) and keep it, dropping the oldest beyond n_obs_steps."""
+        self.frames.append(check_frame(obs, self.obs_meta))
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        """{key: [To, ...]}, the first observation repeated until there are To (padded like the dataset)."""
+        frames = list(self.frames)
+        frames = [frames[0]] * (self.n_obs_steps - len(frames)) + frames
+        return {k: np.stack([f[k] for f in frames]) for k in self.obs_meta}
 
 
 def _is_uint8(dtype: np.dtype | torch.dtype) -> bool:

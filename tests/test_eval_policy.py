@@ -1,52 +1,38 @@
 """eval_policy.py's protocol: standard errors, DP's test-seed subset, devices, and its input errors."""
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from drift_policy.training.trainer import build_dataset, build_policy
 from drift_policy.eval import evaluate, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _saved_policy(directory: Path, with_task: bool = True) -> Path:
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base=None):
-        cfg = compose("train_policy", overrides=["policy.unet.down_dims=[16,32,64]", "task.max_steps=16"])
-    torch.manual_seed(0)
-    policy = build_policy(cfg)
-    if not with_task:  # as built in Python without a task
-        policy = type(policy)(dataclasses.replace(policy.config, task={}))
-    policy.fit_normalizer(build_dataset(cfg.task).normalizer_data())
-    return policy.save_pretrained(directory)
-
-
-def test_report_has_standard_errors_and_the_dp_test_seed_subset(tmp_path):
-    result = evaluate(_saved_policy(tmp_path / "policy"), rollouts=4, seed_start=100048, n_envs=2, videos=0, out_dir=tmp_path / "eval")
+def test_report_has_standard_errors_and_the_dp_test_seed_subset(tmp_path, save_tiny_policy):
+    result = evaluate(save_tiny_policy(tmp_path / "policy"), rollouts=4, seed_start=100048, n_envs=2, videos=0, out_dir=tmp_path / "eval")
     assert [e["seed"] for e in result["episodes"]] == [100048, 100049, 100050, 100051]
     assert result["mean_score_se"] >= 0 and result["success_rate_se"] >= 0
     subset = result["dp_test_seeds"]
     assert subset["seeds"] == [100048, 100049] and subset["n"] == 2
     assert subset["mean_score"] == pytest.approx((result["episodes"][0]["max_reward"] + result["episodes"][1]["max_reward"]) / 2)
-    assert Path(result["policy"]).is_absolute() and result["device"] == "cpu"
+    assert Path(result["policy"]).is_absolute() and result["device"] == "cpu" and "execution" not in result
     table = summary_table(result)
     assert "±" in table and "DP test seeds 100048-100049" in table
 
 
-def test_a_policy_without_a_task_config_is_refused_with_the_fix(tmp_path):
-    policy_dir = _saved_policy(tmp_path / "policy", with_task=False)
+def test_a_policy_without_a_task_config_is_refused_with_the_fix(tmp_path, save_tiny_policy):
+    policy_dir = save_tiny_policy(tmp_path / "policy", with_task=False)
     with pytest.raises(ValueError, match="has no task config to build an env from.*pass task="):
         evaluate(policy_dir, rollouts=1, seed_start=100000, n_envs=1, videos=0, out_dir=tmp_path / "eval")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, save_tiny_policy):
     with pytest.raises(ValueError, match="torch sees no CUDA device here; use --device cpu"):
-        evaluate(_saved_policy(tmp_path / "policy"), 1, 100000, 1, 0, tmp_path / "eval", device="cuda")
+        evaluate(save_tiny_policy(tmp_path / "policy"), 1, 100000, 1, 0, tmp_path / "eval", device="cuda")
 
 
 @pytest.mark.parametrize("flag", ["--n-envs", "--rollouts"])

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from drift_policy.atomic import write_files
 from drift_policy.models import ConditionalUnet1D, ObsEncoder
 from drift_policy.normalizer import Normalizer
-from drift_policy.observations import check_keys, check_obs_history
+from drift_policy.observations import ObsHistory, check_obs_history
 
 CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE = "config.json", "model.safetensors", "normalizer.safetensors"
 ArrayLike = np.ndarray | Tensor
@@ -97,7 +97,7 @@ class Policy(nn.Module):
         if not self.uses_timestep:
             unet_kwargs["time_embed_dim"] = None
         self.model = ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, **unet_kwargs)
-        self._history: deque[dict[str, np.ndarray]] = deque(maxlen=config.n_obs_steps)
+        self._history = ObsHistory(self.obs_meta, config.n_obs_steps)
         self._plan: deque[np.ndarray] = deque()
 
     # --- what subclasses provide -------------------------------------------------------------
@@ -164,29 +164,10 @@ class Policy(nn.Module):
 
     def step(self, obs: Mapping[str, ArrayLike]) -> np.ndarray:
         """One observation in, one action [Da] out: keeps the history and replans every Ta steps."""
-        self._history.append(self._check_frame(obs))
+        self._history.append(obs)
         if not self._plan:
-            frames = list(self._history)
-            frames = [frames[0]] * (self.n_obs_steps - len(frames)) + frames  # pad like the dataset does
-            history = {k: np.stack([f[k] for f in frames]) for k in self.obs_meta}
-            self._plan.extend(self.predict_action(history))
+            self._plan.extend(self.predict_action(self._history.stacked()))
         return self._plan.popleft()
-
-    def _check_frame(self, obs: Mapping[str, ArrayLike]) -> dict[str, np.ndarray]:
-        """One observation for step(): every key, each value one frame of its shape, under predict_action's rules."""
-        check_keys(obs, self.obs_meta)
-        frame = {}
-        for key, meta in self.obs_meta.items():
-            value = obs[key]
-            value = np.asarray(value.cpu() if isinstance(value, Tensor) else value)
-            shape = tuple(meta["shape"])
-            if value.shape != shape:
-                history = value.ndim > len(shape) and value.shape[value.ndim - len(shape):] == shape
-                raise ValueError(f"obs[{key!r}] has shape {value.shape}; step(obs) takes one frame of shape {shape}" +
-                                 ("; pass histories [To, ...] or [B, To, ...] to predict_action" if history else ""))
-            frame[key] = value[None]  # a one-step history
-        arrays, _, _ = check_obs_history(frame, self.obs_meta, n_obs_steps=1)
-        return {k: v[0, 0] for k, v in arrays.items()}
 
     def _check_obs(self, obs: Mapping[str, ArrayLike]) -> tuple[dict[str, Tensor], bool, bool]:
         """Validate keys, shapes, dtypes and finiteness; return batched tensors on the policy's device."""
