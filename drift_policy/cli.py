@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 
 def _whole_number_at_least(minimum: int, text: str) -> int:
@@ -44,3 +46,14 @@ def _finite_number(text: str, bound: str, within: Callable[[float], bool]) -> fl
     if not (within(value) and value < float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, the value read as YAML (0.5 -> float, ddim -> str, [1, 2] -> list): a saved setting to override."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"must be KEY=VALUE, e.g. sample_noise_scale=0.5, got {text!r}")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"the value of {key.strip()} is not readable ({err}), got {value!r}") from None

@@ -6,6 +6,9 @@ only on (policy, seeds). Writes eval.json (mean_score, success_rate and p1..pK w
 the same over Diffusion Policy's 50 test seeds 100000-100049 when they are included, per-episode records,
 predict_action latency) and a few videos beside the policy, and prints a summary table.
 
+`--set KEY=VALUE` replaces a saved inference setting for this evaluation (sampler=ddim num_inference_steps=10 for a
+diffusion policy, sample_noise_scale=0.5 for a drift policy), recorded in eval.json under "overrides".
+
 `--ensemble DECAY` executes ACT's temporal ensemble (a plan every step, each step the average of every valid
 prediction for it, weights exp(-DECAY * i), i = 0 the oldest); `--replan-every K` alone replans every K steps
 without averaging. By default either writes beside the plain eval, to eval_ensemble<DECAY>[_replan<K>] or
@@ -16,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from drift_policy.cli import non_negative_float, non_negative_int, positive_int
+from drift_policy.cli import non_negative_float, non_negative_int, positive_int, setting
 from drift_policy.evaluation import evaluate
 
 RUNS = Path("outputs/runs")
@@ -40,6 +43,8 @@ def summary_table(result: dict) -> str:
     metrics = ["mean_score", "success_rate"] + [k for k in result if k.startswith("p") and k[1:].isdigit()]
     rows = [("task", result["task"]), ("policy", f"{result['policy_type']} ({result['nfe']} NFE)"),
             ("rollouts (seeds)", f"{result['rollouts']} ({result['seed_start']}-{result['seed_start'] + result['rollouts'] - 1})")]
+    if "overrides" in result:
+        rows.append(("settings", ", ".join(f"{k}={v}" for k, v in result["overrides"].items())))
     if "execution" in result:
         rows.append(("execution", execution_label(result["execution"])))
     rows += [(k, _with_se(result, k)) for k in metrics]
@@ -59,10 +64,11 @@ def execution_label(execution: dict) -> str:
     return f"{how}, a plan every {execution['replan_every']} steps, one action per policy call"
 
 
-def mode_suffix(ensemble: float | None, replan_every: int | None) -> str:
-    """The default output folder's suffix for an execution mode ('' for the policy's own chunks), so that its eval
-    does not replace the plain one."""
-    return (f"_ensemble{ensemble:g}" if ensemble is not None else "") + (f"_replan{replan_every}" if replan_every else "")
+def mode_suffix(ensemble: float | None, replan_every: int | None, overrides: dict | None = None) -> str:
+    """The default output folder's suffix for an execution mode and overrides ('' for the policy as saved), so that
+    its eval does not replace the plain one."""
+    settings = "".join(f"_{key}{value}" for key, value in (overrides or {}).items())
+    return settings + (f"_ensemble{ensemble:g}" if ensemble is not None else "") + (f"_replan{replan_every}" if replan_every else "")
 
 
 def main() -> None:
@@ -81,8 +87,10 @@ def main() -> None:
     parser.add_argument("--replan-every", type=positive_int, default=None, metavar="K",
                         help="plan every K steps, K in 1..T - To + 1 (with --ensemble, default 1; alone: plain receding "
                              "horizon, K actions of each plan executed)")
+    parser.add_argument("--set", type=setting, action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="replace a saved inference setting, e.g. sample_noise_scale=0.5 or sampler=ddim (repeatable)")
     parser.add_argument("--output", type=Path, default=None, help="default: <run>/eval, or <name>_eval beside an .onnx file "
-                        "(+ _ensemble<DECAY> and/or _replan<K> with those flags)")
+                        "(+ _<KEY><VALUE>, _ensemble<DECAY> and/or _replan<K> with those flags)")
     args = parser.parse_args()
     if args.onnx is not None:
         if args.onnx.suffix != ".onnx" or not args.onnx.is_file():
@@ -95,10 +103,13 @@ def main() -> None:
         parser.error(f"--checkpoint {args.checkpoint} is not a folder: pass the policy folder of a run (outputs/runs/<name>/policy)")
     else:
         policy_path = args.checkpoint
-    name = "eval" + mode_suffix(args.ensemble, args.replan_every)
+    overrides = dict(args.overrides)
+    if overrides and args.onnx is not None:
+        parser.error("--set changes a policy folder's settings; an exported graph has them baked in: export again instead")
+    name = "eval" + mode_suffix(args.ensemble, args.replan_every, overrides)
     out_dir = args.output or (policy_path.with_name(f"{policy_path.stem}_{name}") if args.onnx else policy_path.parent / name)
     result = evaluate(policy_path, args.rollouts, args.seed_start, args.n_envs, args.videos, out_dir, args.device,
-                      ensemble=args.ensemble, replan_every=args.replan_every)
+                      ensemble=args.ensemble, replan_every=args.replan_every, overrides=overrides)
     print(summary_table(result))
     print(f"wrote {out_dir.resolve() / 'eval.json'}")
 

@@ -8,7 +8,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -38,11 +38,12 @@ def make_runner(task: dict[str, Any], n_rollouts: int, seed_start: int, n_envs: 
     )
 
 
-def load_for_eval(policy_dir: Path, device: str) -> Policy:
-    """The saved policy on `device`, refused with the reason when it cannot be evaluated in a simulator."""
+def load_for_eval(policy_dir: Path, device: str, overrides: Mapping[str, Any] | None = None) -> Policy:
+    """The saved policy on `device` with its inference `overrides`, refused with the reason when it cannot be
+    evaluated in a simulator."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device} asked for, but torch sees no CUDA device here; use --device cpu")
-    policy = Policy.from_pretrained(policy_dir, device=device)
+    policy = Policy.from_pretrained(policy_dir, device=device, **(overrides or {}))
     _require_task(policy.config.task, Path(policy_dir) / "config.json",
                   "Policies trained by train_policy.py carry it; when building a policy in Python, pass task=<the task yaml "
                   "as a dict> (e.g. OmegaConf.to_container(cfg.task, resolve=True)) before save_pretrained.")
@@ -79,16 +80,21 @@ def batch1_latency_ms(policy: Policy | OnnxPolicy, obs: dict[str, np.ndarray], c
 
 
 def evaluate(policy_path: Path, rollouts: int, seed_start: int, n_envs: int | None, videos: int, out_dir: Path,
-             device: str = "cpu", ensemble: float | None = None, replan_every: int | None = None) -> dict:
+             device: str = "cpu", ensemble: float | None = None, replan_every: int | None = None,
+             overrides: Mapping[str, Any] | None = None) -> dict:
     """Run the rollouts of a saved policy folder, or of an exported policy (a .onnx file: the same runner, seeds and
     metrics, run by onnxruntime), and write eval.json; returns its content.
 
     With ensemble (ACT's decay m) the rollouts execute the temporal ensemble of plans made every replan_every steps
     (default 1); with replan_every alone, plain receding horizon, replan_every actions per plan. Both run one action
-    per policy call (latency_ms is then per env step), and eval.json records the mode as "execution"."""
+    per policy call (latency_ms is then per env step), and eval.json records the mode as "execution".
+    overrides replace saved inference settings of a policy folder (e.g. sampler, sample_noise_scale), recorded too."""
     policy_path, out_dir = Path(policy_path).resolve(), Path(out_dir).resolve()
     exported = policy_path.suffix == ".onnx"
-    policy = load_onnx_for_eval(policy_path, device) if exported else load_for_eval(policy_path, device)
+    if exported and overrides:
+        raise ValueError(f"settings {sorted(overrides)} cannot change an exported graph; pass them to "
+                         "Policy.from_pretrained before export_onnx, or evaluate the policy folder")
+    policy = load_onnx_for_eval(policy_path, device) if exported else load_for_eval(policy_path, device, overrides)
     task = policy.task if exported else policy.config.task
     stepwise = ensemble is not None or replan_every is not None
     executor = TemporalEnsemble(policy, decay=ensemble, replan_every=replan_every or 1) if stepwise else policy
@@ -107,6 +113,8 @@ def evaluate(policy_path: Path, rollouts: int, seed_start: int, n_envs: int | No
                   rollouts=rollouts, seed_start=seed_start, device=f"{device}, onnxruntime" if exported else device)
     if stepwise:
         result["execution"] = executor.describe()
+    if overrides:
+        result["overrides"] = dict(overrides)
     atomic.write_text(out_dir / "eval.json", json.dumps(result, indent=2, default=str))
     return result
 

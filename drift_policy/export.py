@@ -94,13 +94,14 @@ class _PolicyGraph(nn.Module):
         inputs = [{"name": key, "shape": ["batch", policy.n_obs_steps, *meta["shape"]],
                    "dtype": "uint8" if meta.get("type") == "rgb" else "float32"} for key, meta in policy.obs_meta.items()]
         inputs.append({"name": NOISE, "shape": ["batch", policy.n_noise, t, da], "dtype": "float32",
-                       "doc": "standard normal; the graph scales it by noise_std"})
+                       "doc": "standard normal; the graph scales it by noise_std * sample_noise_scale"})
         outputs = [{"name": ACTION, "shape": ["batch", policy.n_action_steps, da], "dtype": "float32"},
                    {"name": CHUNK, "shape": ["batch", t, da], "dtype": "float32"}]
         return {"format": "onnx", "opset": OPSET, "policy_type": policy.policy_type, "inputs": inputs, "outputs": outputs,
                 "obs_keys": self.obs_keys, "obs_meta": policy.obs_meta, "n_obs_steps": policy.n_obs_steps,
                 "horizon": t, "n_action_steps": policy.n_action_steps, "action_dim": da, "n_noise": policy.n_noise,
-                "noise_std": float(getattr(config, "noise_std", 1.0)), "nfe": policy.nfe,
+                "noise_std": float(getattr(config, "noise_std", 1.0)),
+                "sample_noise_scale": float(getattr(config, "sample_noise_scale", 1.0)), "nfe": policy.nfe,
                 "sampler": getattr(config, "sampler", None), "task": config.task}
 
 

@@ -39,3 +39,33 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, save_tiny_policy):
 def test_non_positive_counts_are_refused_by_the_cli(flag):
     result = subprocess.run([sys.executable, "eval_policy.py", flag, "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"argument {flag}: must be >= 1, got 0" in result.stderr
+
+
+def test_inference_settings_are_overridden_at_load_and_recorded(tmp_path, save_tiny_policy):
+    from drift_policy.policies import Policy
+
+    policy_dir = save_tiny_policy(tmp_path / "policy")
+    obs = {"keypoint": torch.rand(3, 2, 18), "agent_pos": torch.rand(3, 2, 2)}
+    noisy = Policy.from_pretrained(policy_dir)
+    assert not torch.allclose(noisy.predict_action(obs, generator=torch.Generator().manual_seed(1)),
+                              noisy.predict_action(obs, generator=torch.Generator().manual_seed(2)))
+    centre = Policy.from_pretrained(policy_dir, sample_noise_scale=0.0)  # the truncation trick at its limit
+    assert centre.config.sample_noise_scale == 0.0
+    assert torch.equal(centre.predict_action(obs, generator=torch.Generator().manual_seed(1)),
+                       centre.predict_action(obs, generator=torch.Generator().manual_seed(2)))
+    with pytest.raises(ValueError, match=r"a drift policy has no setting\(s\) \['sampler'\] to override"):
+        Policy.from_pretrained(policy_dir, sampler="ddim")
+    with pytest.raises(ValueError, match="with the overrides .* sample_noise_scale must be >= 0"):
+        Policy.from_pretrained(policy_dir, sample_noise_scale=-1)
+    result = evaluate(policy_dir, 1, 100000, 1, 0, tmp_path / "eval", overrides={"sample_noise_scale": 0.5})
+    assert result["overrides"] == {"sample_noise_scale": 0.5} and "sample_noise_scale=0.5" in summary_table(result)
+
+
+def test_the_cli_reads_settings_as_yaml_and_refuses_a_malformed_one():
+    from drift_policy.cli import setting
+
+    assert setting("sample_noise_scale=0.5") == ("sample_noise_scale", 0.5)
+    assert setting("sampler=ddim") == ("sampler", "ddim")
+    result = subprocess.run([sys.executable, "eval_policy.py", "--set", "sampler"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and "must be KEY=VALUE" in result.stderr

@@ -173,6 +173,9 @@ def test_save_load_gives_the_same_policy(dataset, batch, tmp_path):
         expected = policy.predict_action(batch["obs"])
         torch.manual_seed(7)
         torch.testing.assert_close(loaded.predict_action(batch["obs"]), expected)
+    # The DDIM-3 policy sampled with 2 DDPM steps instead: inference settings replaced at load, the weights as saved.
+    fast = Policy.from_pretrained(tmp_path / "diffusion", sampler="ddpm", num_inference_steps=2)
+    assert fast.nfe == 2 and fast.config.sampler == "ddpm"
 
 
 def test_loading_weights_of_another_config_names_the_problem(dataset, tmp_path):
@@ -232,7 +235,7 @@ def test_one_generator_per_row_makes_each_rows_noise_its_own(dataset, batch, kin
 NON_DEFAULT = {
     "n_obs_steps": 3, "horizon": 8, "n_action_steps": 4, "unet": {"down_dims": [8, 16], "kernel_size": 3},
     "obs_encoder": {"feature_dim": 8}, "task": {"name": "push_t", "max_steps": 16},
-    "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "extra_positives": 2,
+    "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "sample_noise_scale": 0.7, "extra_positives": 2,
     "drift": {"temperatures": [0.1, 0.3], "kernel_norm": "targets", "normalize_drift": False, "attraction": 1.5,
               "repulsion": 0.5, "stats_over": "batch"},
     "num_train_timesteps": 50, "num_inference_steps": 5, "sampler": "ddim", "beta_schedule": "linear",

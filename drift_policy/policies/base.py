@@ -195,8 +195,9 @@ class Policy(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "Policy":
-        """Load any saved policy from its directory, with no training config needed."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu", **overrides: Any) -> "Policy":
+        """Load any saved policy from its directory, with no training config needed. `overrides` replace saved
+        settings, for the inference ones: e.g. sampler="ddim", num_inference_steps=10, or sample_noise_scale=0.5."""
         directory = Path(directory)
         files = [directory / f for f in (CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE)]
         absent = [f.name for f in files if not f.exists()]
@@ -209,11 +210,16 @@ class Policy(nn.Module):
         kind = config.pop("policy_type", None) if isinstance(config, dict) else None
         if kind not in Policy.registry:
             raise ValueError(f"{files[0]} names policy_type {kind!r}; known types: {sorted(Policy.registry)}")
+        cls = Policy.registry[kind]
+        names = sorted(f.name for f in fields(cls.config_class))
+        if set(overrides) - set(names):
+            raise ValueError(f"a {kind} policy has no setting(s) {sorted(set(overrides) - set(names))} to override; its "
+                             f"settings are {names}")
         try:
-            cls = Policy.registry[kind]
-            policy = cls(cls.config_class.from_dict(config))
+            policy = cls(cls.config_class.from_dict({**config, **overrides}))
         except (TypeError, ValueError, KeyError) as err:
-            raise ValueError(f"{files[0]} does not describe a valid {kind} policy: {err}") from None
+            source = f"{files[0]} with the overrides {overrides}" if overrides else str(files[0])
+            raise ValueError(f"{source} does not describe a valid {kind} policy: {err}") from None
         weights = _read_safetensors(files[1])
         problem = _weights_problem(policy, weights)
         if problem:

@@ -19,6 +19,8 @@ class DriftPolicyConfig(PolicyConfig):
     drift_on: Literal["chunk", "timestep"] = "chunk"  # chunk: one T*Da vector per sample; timestep: T vectors of Da
     drift: DriftConfig = field(default_factory=DriftConfig)
     noise_std: float = 1.0  # scale of the generator's input noise
+    # inference only: the input noise times this (< 1: the truncation trick, chunks nearer the generator's centre)
+    sample_noise_scale: float = 1.0
     extra_positives: int = 0  # k: the chunks of the k nearest observations of other demos are positives too
 
     def __post_init__(self) -> None:
@@ -30,6 +32,9 @@ class DriftPolicyConfig(PolicyConfig):
             raise ValueError(f"n_generated must be >= 2 (the generated chunks repel each other), got {self.n_generated}")
         if self.drift_on not in ("chunk", "timestep"):
             raise ValueError(f"drift_on must be 'chunk' (one T*Da vector) or 'timestep' (T vectors of Da), got {self.drift_on!r}")
+        if not self.sample_noise_scale >= 0:
+            raise ValueError(f"sample_noise_scale must be >= 0 (1 samples as trained, 0 always the noise-free chunk), "
+                             f"got {self.sample_noise_scale}")
         if self.extra_positives < 0:
             raise ValueError(f"extra_positives must be >= 0, got {self.extra_positives}")
 
@@ -48,6 +53,7 @@ class DriftPolicy(Policy):
         super().__init__(config, **settings)
         config = self.config  # read once here: the sampler and the loss use plain attributes
         self.n_generated, self.drift_on, self.noise_std = config.n_generated, config.drift_on, config.noise_std
+        self.sample_scale = config.noise_std * config.sample_noise_scale
         self.drift_config, self.extra_positives = config.drift, config.extra_positives
 
     @property
@@ -55,7 +61,7 @@ class DriftPolicy(Policy):
         return 1
 
     def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
-        return self.model(noise[:, 0] * self.noise_std, cond).clamp(-1.0, 1.0)
+        return self.model(noise[:, 0] * self.sample_scale, cond).clamp(-1.0, 1.0)
 
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         cond = self.encode(batch["obs"])  # [B, C]
