@@ -53,7 +53,7 @@ def test_inference_settings_are_overridden_at_load_and_recorded(tmp_path, save_t
     assert centre.config.sample_noise_scale == 0.0
     assert torch.equal(centre.predict_action(obs, generator=torch.Generator().manual_seed(1)),
                        centre.predict_action(obs, generator=torch.Generator().manual_seed(2)))
-    with pytest.raises(ValueError, match=r"a drift policy has no setting\(s\) \['sampler'\] to override"):
+    with pytest.raises(ValueError, match=r"with the overrides \{'sampler': 'ddim'\} does not describe a valid drift policy: .* no setting\(s\) \['sampler'\]"):
         Policy.from_pretrained(policy_dir, sampler="ddim")
     with pytest.raises(ValueError, match="with the overrides .* sample_noise_scale must be >= 0"):
         Policy.from_pretrained(policy_dir, sample_noise_scale=-1)
