@@ -23,6 +23,8 @@ __all__ = ["CURVE", "DEFAULT_ARMS", "compose_cfg", "arm_config", "train_for_minu
 
 CURVE = (0.25, 0.5, 0.75)  # fractions of the budget at which a learning curve evaluates the EMA policy
 DEFAULT_ARMS = ["drift=policy=drift", "diffusion=policy=diffusion policy.sampler=ddpm policy.num_inference_steps=100"]
+# The train settings a budgeted run sets itself (train_for_minutes), so their defaults cannot change what an arm learns.
+BUDGET_KEYS = ("num_steps", "max_minutes", "eval_every", "final_eval", "resume", "snapshots")
 
 
 def compose_cfg(overrides: Sequence[str]) -> DictConfig:
@@ -34,9 +36,10 @@ def compose_cfg(overrides: Sequence[str]) -> DictConfig:
 def arm_config(task: str, overrides: Sequence[str]) -> dict[str, Any]:
     """The resolved policy and training settings an arm trains with on `task`. Benchmarks keep them with a measured
     arm and reuse the arm only while they are unchanged, so a changed default re-measures it instead of passing off
-    the old numbers as the new config's."""
+    the old numbers as the new config's. BUDGET_KEYS are left out: the budget overrides them."""
     cfg = compose_cfg([f"task={task}", *overrides])
-    return {"seed": cfg.seed, **{k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("policy", "train")}}
+    train = {k: v for k, v in OmegaConf.to_container(cfg.train, resolve=True).items() if k not in BUDGET_KEYS}
+    return {"seed": cfg.seed, "policy": OmegaConf.to_container(cfg.policy, resolve=True), "train": train}
 
 
 def train_for_minutes(minutes: float, overrides: Sequence[str], run_dir: Path,

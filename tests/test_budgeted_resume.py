@@ -77,6 +77,9 @@ def test_arms_parse_and_name_their_run_dirs_as_the_resumed_benchmarks_expect(tmp
     # a changed config (here G, as a changed default would) gets a run of its own, never the old checkpoint
     assert arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, g4) == arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, dict(g4))
     assert arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, g4) != arm_run_dir(tmp_path, "table", "push_t", "drift", 30.0, g2)
+    # the budget sets num_steps & co. itself, so their defaults do not re-measure an arm; what it learns with does
+    assert arm_config("push_t", ["train.num_steps=5", "train.eval_every=3"]) == arm_config("push_t", [])
+    assert arm_config("push_t", ["train.lr=1e-5"]) != arm_config("push_t", [])
 
 
 def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(tmp_path):
