@@ -129,3 +129,29 @@ def test_config_validation():
         DriftConfig(kernel_norm="rows")
     with pytest.raises(ValueError, match="temperatures"):
         DriftConfig(temperatures=())
+
+
+@pytest.mark.parametrize("power", [0.0, 1.0, 2.0])
+def test_group_weight_power_sets_how_a_groups_raw_gradient_scales_with_its_spread(power):
+    # V is scale-free per group, so zooming one group by c scales its raw-unit gradient by c^(power - 1)
+    # relative to an untouched group: 1/c by default, c at power 2 (as with one scale for the whole batch).
+    torch.manual_seed(0)
+    gen, pos = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
+    config = DriftConfig(group_weight_power=power)
+
+    def grad_ratio(zoom: float) -> float:
+        g, p = gen.clone(), pos.clone()
+        g[0], p[0] = g[0] * zoom, p[0] * zoom
+        g.requires_grad_(True)
+        drift_loss(g, p, config=config).loss.backward()
+        return float(g.grad[0].norm() / g.grad[1].norm())
+
+    assert grad_ratio(10.0) / grad_ratio(1.0) == pytest.approx(10.0 ** (power - 1), rel=1e-4)  # the 1e-8 distance clamp
+
+
+def test_group_weight_power_zero_is_the_unweighted_loss_and_out_of_range_is_refused():
+    gen, pos = torch.randn(3, 4, 2), torch.randn(3, 2, 2)
+    torch.testing.assert_close(drift_loss(gen, pos, config=DriftConfig(group_weight_power=0.0)).loss_per_group,
+                               drift_loss(gen, pos).drift.pow(2).mean(dim=(1, 2)))
+    with pytest.raises(ValueError, match="group_weight_power must be in"):
+        DriftConfig(group_weight_power=-1.0)

@@ -40,6 +40,11 @@ class DriftConfig:
     # Where the distance scale s and the force RMS are computed: per group (groups are fully
     # independent) or over the whole batch of groups (the official ImageNet code's choice).
     stats_over: StatsOver = "group"
+    # Each group's loss times (s_g / mean s)^p, detached. V is normalised per group, so at p=0 (the default) a
+    # group's gradient on its raw samples grows as 1/s_g: the groups already nearest their positives pull hardest.
+    # p=2 makes it grow with s_g instead, as when s is shared by the batch (the paper's single scale), while the
+    # kernel keeps each group's own temperatures; p=1 gives every group the same raw-unit pull.
+    group_weight_power: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.temperatures) == 0 or min(self.temperatures) <= 0:
@@ -48,6 +53,8 @@ class DriftConfig:
             raise ValueError(f"kernel_norm must be 'both', 'targets' or 'none', got {self.kernel_norm!r}")
         if self.stats_over not in ("group", "batch"):
             raise ValueError(f"stats_over must be 'group' or 'batch', got {self.stats_over!r}")
+        if not 0 <= self.group_weight_power <= 4:
+            raise ValueError(f"group_weight_power must be in [0, 4] (0: the paper's loss per group), got {self.group_weight_power}")
 
 
 @dataclass
@@ -212,6 +219,8 @@ def drift_loss(
     x_scaled = gen.to(v.dtype) / input_scale[:, None, None]
     goal = (x_scaled + v).detach()
     loss_per_group = (x_scaled - goal).pow(2).flatten(1).mean(1)  # [G]
+    if config.group_weight_power:
+        loss_per_group = loss_per_group * (input_scale / input_scale.mean()).pow(config.group_weight_power)
     return DriftOutput(
         loss=loss_per_group.mean(),
         loss_per_group=loss_per_group,
