@@ -237,7 +237,7 @@ NON_DEFAULT = {
     "obs_encoder": {"feature_dim": 8}, "task": {"name": "push_t", "max_steps": 16},
     "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "sample_noise_scale": 0.7, "extra_positives": 2,
     "drift": {"temperatures": [0.1, 0.3], "kernel_norm": "targets", "normalize_drift": False, "attraction": 1.5,
-              "repulsion": 0.5, "stats_over": "batch"},
+              "repulsion": 0.5, "stats_over": "batch", "group_weight_power": 2.0},
     "num_train_timesteps": 50, "num_inference_steps": 5, "sampler": "ddim", "beta_schedule": "linear",
 }
 SHAPE_META = {"obs": {"agent_pos": {"shape": [2], "type": "low_dim"}}, "action": {"shape": [2]}}
@@ -269,6 +269,8 @@ def test_unknown_settings_are_refused_naming_the_key(dataset, tmp_path):
         Policy.from_pretrained(directory)
     with pytest.raises(Exception, match=r"DiffusionPolicyConfig has no setting\(s\) \['n_generated'\]"):  # through hydra
         _policy(dataset, "policy=diffusion", "+policy.n_generated=3")
+    with pytest.raises(Exception, match=r"drift has no setting\(s\) \['group_weight'\]; its settings are \[.*'group_weight_power'"):
+        _policy(dataset, "policy=drift", "+policy.drift.group_weight=2")
 
 
 def test_a_config_saved_before_configs_were_dataclasses_still_loads(dataset, tmp_path):

@@ -1,7 +1,7 @@
 """The one-step Drifting Policy: noise + observation -> action chunk in a single U-Net evaluation."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, Mapping
 
 import torch
@@ -27,6 +27,11 @@ class DriftPolicyConfig(PolicyConfig):
         super().__post_init__()
         if isinstance(self.drift, Mapping):  # from config.json or hydra: temperatures come as a list
             drift = dict(self.drift)
+            names = sorted(f.name for f in fields(DriftConfig))
+            unknown = sorted(set(drift) - set(names))
+            if unknown:
+                raise ValueError(f"drift has no setting(s) {unknown}; its settings are {names}: remove or rename "
+                                 f"{'it' if len(unknown) == 1 else 'them'}")
             object.__setattr__(self, "drift", DriftConfig(**{**drift, "temperatures": tuple(drift.get("temperatures", DriftConfig.temperatures))}))
         if self.n_generated < 2:
             raise ValueError(f"n_generated must be >= 2 (the generated chunks repel each other), got {self.n_generated}")
