@@ -131,7 +131,7 @@ def test_config_validation():
         DriftConfig(temperatures=())
 
 
-@pytest.mark.parametrize("power", [0.0, 1.0, 2.0])
+@pytest.mark.parametrize("power", [-1.0, 0.0, 1.0, 2.0])
 def test_group_weight_power_sets_how_a_groups_raw_gradient_scales_with_its_spread(power):
     # V is scale-free per group, so zooming one group by c scales its raw-unit gradient by c^(power - 1)
     # relative to an untouched group: 1/c by default, c at power 2 (as with one scale for the whole batch).
@@ -154,4 +154,4 @@ def test_group_weight_power_zero_is_the_unweighted_loss_and_out_of_range_is_refu
     torch.testing.assert_close(drift_loss(gen, pos, config=DriftConfig(group_weight_power=0.0)).loss_per_group,
                                drift_loss(gen, pos).drift.pow(2).mean(dim=(1, 2)))
     with pytest.raises(ValueError, match="group_weight_power must be in"):
-        DriftConfig(group_weight_power=-1.0)
+        DriftConfig(group_weight_power=-3.0)
