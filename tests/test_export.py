@@ -89,6 +89,14 @@ def test_low_dim_drift_policy_export_matches_torch(pusht, tmp_path):
     assert not np.allclose(first, runner.predict_action(single, generator=np.random.default_rng(4)))
 
 
+@pytest.mark.parametrize("overrides", [[], ["policy=diffusion", "policy.sampler=ddim", "policy.num_inference_steps=2"]], ids=["drift", "ddim-2"])
+def test_mlp_backbone_policy_export_matches_torch(pusht, tmp_path, overrides):
+    buffer, _ = pusht
+    policy = _policy(buffer, *overrides, "+policy.backbone=mlp", "+policy.mlp.hidden_dim=64", "+policy.mlp.n_blocks=2")
+    assert type(policy.model).__name__ == "ChunkMLP"
+    _assert_parity(policy, tmp_path / "mlp.onnx", _obs(buffer, None, policy.obs_meta))
+
+
 def test_image_policy_export_matches_torch(pusht, tmp_path):
     buffer, images = pusht
     policy = _policy(buffer, "task=push_t_image", *TINY_ENCODER)

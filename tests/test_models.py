@@ -1,4 +1,4 @@
-"""The networks: U-Net shapes, sizes and conditioning; the observation encoder's layout, crops, weights and errors."""
+"""The networks: U-Net and chunk-MLP shapes, sizes and conditioning; the observation encoder's layout, crops, weights and errors."""
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +8,7 @@ import zarr
 from safetensors.torch import save_file
 from torch import nn
 
-from drift_policy.models import ConditionalUnet1D, ObsEncoder
+from drift_policy.models import ChunkMLP, ConditionalUnet1D, ObsEncoder
 
 torch.set_num_threads(1)
 PUSHT = Path(__file__).resolve().parents[1] / "data/pusht/pusht_cchi_v7_replay.zarr"
@@ -71,6 +71,59 @@ def test_horizon_must_divide_by_the_down_levels():
         net(torch.randn(1, 10, 2), torch.randn(1, 8))
     with pytest.raises(ValueError, match=r"cond must be \[B, 8\]"):
         net(torch.randn(1, 16, 2), torch.randn(1, 9))
+
+
+# --- ChunkMLP ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("time_embed_dim", [None, 16])
+def test_chunk_mlp_maps_a_chunk_to_a_chunk_and_listens_to_cond_and_timestep(time_embed_dim):
+    torch.manual_seed(0)
+    net = ChunkMLP(3, 8, horizon=12, hidden_dim=32, n_blocks=2, time_embed_dim=time_embed_dim)
+    x, cond = torch.randn(4, 12, 3), torch.randn(4, 8)
+    t = None if time_embed_dim is None else torch.tensor([3, 50, 99, 7])
+    out = net(x, cond, t)
+    assert out.shape == (4, 12, 3) and out.dtype == torch.float32
+    assert (net(x, cond + 1.0, t) - out).abs().mean() > 1e-3
+    assert (net(x + 1.0, cond, t) - out).abs().mean() > 1e-3
+    torch.testing.assert_close(net(x[:1], cond[:1], None if t is None else t[:1]), out[:1])  # rows are independent
+    if time_embed_dim is not None:
+        assert (net(x, cond, torch.tensor([60, 60, 60, 60])) - out).abs().mean() > 1e-3
+        torch.testing.assert_close(net(x, cond, torch.tensor(60)), net(x, cond, torch.full((4,), 60)))  # scalar broadcast
+
+
+def test_chunk_mlp_size_follows_its_settings():
+    net = ChunkMLP(2, 40, horizon=16, hidden_dim=64, n_blocks=2, time_embed_dim=None)
+    # input Linear, per block LayerNorm + 2 Linear + FiLM Linear, final LayerNorm + Linear
+    expected = (32 + 40 + 1) * 64 + 2 * (2 * 64 + 2 * 65 * 64 + 41 * 128) + 2 * 64 + 65 * 32
+    assert sum(p.numel() for p in net.parameters()) == expected
+    assert len(net.blocks) == 2 and not hasattr(net, "time_mlp")
+
+
+@pytest.mark.parametrize("time_embed_dim, args, message", [
+    (None, ((2, 16, 2), (2, 8), torch.tensor([1, 2])), "this MLP takes no timestep"),
+    (16, ((2, 16, 2), (2, 8), None), r"this MLP needs a timestep \[B\]"),
+    (None, ((2, 8, 2), (2, 8), None), r"x must be \[B, 16, 2\] .* got \(2, 8, 2\)"),
+    (None, ((2, 16, 3), (2, 8), None), r"x must be \[B, 16, 2\] .* got \(2, 16, 3\)"),
+    (None, ((32, 2), (2, 8), None), r"x must be \[B, 16, 2\] .* got \(32, 2\)"),
+    (None, ((2, 16, 2), (2, 9), None), r"cond must be \[B, 8\] with B=2, got \(2, 9\)"),
+    (None, ((2, 16, 2), (3, 8), None), r"cond must be \[B, 8\] with B=2, got \(3, 8\)"),
+    (16, ((2, 16, 2), (2, 8), torch.tensor([1, 2, 3])), r"timestep must be a scalar or \[B\] with B=2, got \(3,\)"),
+])
+def test_chunk_mlp_refuses_bad_inputs_naming_the_expected_shape(time_embed_dim, args, message):
+    net = ChunkMLP(2, 8, horizon=16, hidden_dim=16, n_blocks=1, time_embed_dim=time_embed_dim)
+    x_shape, cond_shape, t = args
+    with pytest.raises(ValueError, match=message):
+        net(torch.randn(*x_shape), torch.randn(*cond_shape), t)
+
+
+@pytest.mark.parametrize("time_embed_dim", [None, 16])
+def test_gradients_reach_every_chunk_mlp_parameter(time_embed_dim):
+    torch.manual_seed(0)
+    net = ChunkMLP(2, 8, horizon=16, hidden_dim=32, n_blocks=2, time_embed_dim=time_embed_dim)
+    t = None if time_embed_dim is None else torch.tensor([5, 80, 20])
+    net(torch.randn(3, 16, 2), torch.randn(3, 8), t).square().sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 # --- ObsEncoder ----------------------------------------------------------------------------------

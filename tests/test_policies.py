@@ -9,6 +9,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from hydra import compose, initialize_config_dir
 
+from drift_policy.models import ChunkMLP, ConditionalUnet1D
 from drift_policy.policies import DiffusionPolicy, DriftPolicy, Policy
 from drift_policy.training.trainer import build_dataset, build_policy
 
@@ -231,9 +232,36 @@ def test_one_generator_per_row_makes_each_rows_noise_its_own(dataset, batch, kin
         policy.predict_action(batch["obs"], generator=gens([1, 2]))
 
 
+@pytest.mark.parametrize("kind", ["drift", "diffusion"])
+def test_mlp_backbone_trains_and_predicts(dataset, batch, kind):
+    """+policy.backbone=mlp (not in the yaml, so configs keep their hashes) builds a ChunkMLP that trains and samples."""
+    overrides = ["policy=diffusion", "policy.sampler=ddim", "policy.num_inference_steps=2"] if kind == "diffusion" else []
+    policy = _policy(dataset, *overrides, "+policy.backbone=mlp", "+policy.mlp.hidden_dim=64", "+policy.mlp.n_blocks=2").train()
+    assert isinstance(policy.model, ChunkMLP) and len(policy.model.blocks) == 2 and policy.model.inp.out_features == 64
+    assert (policy.model.time_embed_dim is not None) == (kind == "diffusion")  # a diffusion-step input only for diffusion
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    for _ in range(2):
+        loss, _ = policy.compute_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss) and all(p.grad is not None for p in policy.model.parameters())
+        optimizer.step()
+    assert all(not torch.equal(v, before[k]) for k, v in policy.model.state_dict().items())
+    out = policy.eval().predict_action(batch["obs"])
+    assert out.shape == (4, 8, 2) and torch.isfinite(out).all()
+
+
+def test_unknown_backbone_is_refused_naming_the_choices(dataset):
+    with pytest.raises(Exception, match=r"backbone must be one of \['unet', 'mlp'\].*got 'transformer'"):
+        _policy(dataset, "+policy.backbone=transformer")
+    assert isinstance(_policy(dataset, "+policy.backbone=unet").model, ConditionalUnet1D)
+
+
 # A value other than the default for every field of each policy's config: a field added without a value here fails.
 NON_DEFAULT = {
     "n_obs_steps": 3, "horizon": 8, "n_action_steps": 4, "unet": {"down_dims": [8, 16], "kernel_size": 3},
+    "backbone": "mlp", "mlp": {"hidden_dim": 32, "n_blocks": 1, "time_embed_dim": 16},  # builds the MLP (unet unused)
     "obs_encoder": {"feature_dim": 8}, "task": {"name": "push_t", "max_steps": 16},
     "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "sample_noise_scale": 0.7, "extra_positives": 2,
     "drift": {"temperatures": [0.1, 0.3], "kernel_norm": "targets", "normalize_drift": False, "attraction": 1.5,
@@ -258,6 +286,7 @@ def test_config_json_is_the_whole_config_and_loads_back_equal(kind, tmp_path):
     loaded = Policy.from_pretrained(tmp_path)
     assert type(loaded) is cls and loaded.config == policy.config
     assert cls(policy.config).config == policy.config  # the config object builds the same policy as its fields
+    assert isinstance(loaded.model, ChunkMLP) and len(loaded.model.blocks) == 1 and loaded.model.horizon == 8
 
 
 def test_unknown_settings_are_refused_naming_the_key(dataset, tmp_path):

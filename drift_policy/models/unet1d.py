@@ -49,6 +49,11 @@ class SinusoidalEmbedding(nn.Module):
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def timestep_mlp(dim: int) -> nn.Sequential:
+    """[B] diffusion steps -> [B, dim] learned step embedding: sin/cos features through a small MLP."""
+    return nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
+
+
 class ConditionalUnet1D(nn.Module):
     """Action chunk x [B, T, Da] (channel-last) + cond [B, cond_dim] (+ timestep [B]) -> [B, T, Da].
 
@@ -66,8 +71,7 @@ class ConditionalUnet1D(nn.Module):
         self.action_dim, self.cond_dim, self.time_embed_dim = action_dim, cond_dim, time_embed_dim
         self.horizon_divisor = 2 ** (len(down_dims) - 1)
         if time_embed_dim is not None:
-            self.time_mlp = nn.Sequential(SinusoidalEmbedding(time_embed_dim), nn.Linear(time_embed_dim, 4 * time_embed_dim),
-                                          nn.Mish(), nn.Linear(4 * time_embed_dim, time_embed_dim))
+            self.time_mlp = timestep_mlp(time_embed_dim)
             cond_dim += time_embed_dim
         dims = [action_dim, *down_dims]
         block = lambda i, o: FiLMResBlock(i, o, cond_dim, kernel_size, n_groups)  # noqa: E731

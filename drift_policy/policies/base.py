@@ -20,12 +20,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from drift_policy.atomic import write_files
-from drift_policy.models import ConditionalUnet1D, ObsEncoder
+from drift_policy.models import ChunkMLP, ConditionalUnet1D, ObsEncoder
 from drift_policy.normalizer import Normalizer
 from drift_policy.observations import ObsHistory, check_obs_history
 
 CONFIG_FILE, WEIGHTS_FILE, NORMALIZER_FILE = "config.json", "model.safetensors", "normalizer.safetensors"
 ArrayLike = np.ndarray | Tensor
+BACKBONES = ("unet", "mlp")  # the action generator / denoiser: ConditionalUnet1D, or ChunkMLP (low-dim tasks on CPU)
 # One generator for the whole batch, or one per batch row (a rollout per env: its noise depends only on its seed).
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -39,13 +40,18 @@ class PolicyConfig:
     n_obs_steps: int = 2  # To, observations per prediction
     horizon: int = 16  # T, predicted steps
     n_action_steps: int = 8  # Ta, executed steps
+    backbone: str = "unet"  # the network over the action chunk, one of BACKBONES; set with +policy.backbone=mlp
     unet: dict[str, Any] = field(default_factory=dict)  # ConditionalUnet1D's down_dims, kernel_size, n_groups, time_embed_dim
+    mlp: dict[str, Any] = field(default_factory=dict)  # ChunkMLP's hidden_dim, n_blocks, time_embed_dim (backbone=mlp)
     obs_encoder: dict[str, Any] = field(default_factory=dict)  # ObsEncoder's crop_shape, layers, num_keypoints, ...
     task: dict[str, Any] = field(default_factory=dict)  # the task config (env, max_steps, ...), for evaluation
 
     def __post_init__(self) -> None:
-        for name in ("shape_meta", "unet", "obs_encoder", "task"):  # hydra hands OmegaConf containers
+        for name in ("shape_meta", "unet", "mlp", "obs_encoder", "task"):  # hydra hands OmegaConf containers
             object.__setattr__(self, name, _plain(getattr(self, name) or {}))
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {list(BACKBONES)} (settings in policy.unet or policy.mlp), "
+                             f"got {self.backbone!r}")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
             raise ValueError(f"n_obs_steps - 1 + n_action_steps must fit in the horizon, got {self.n_obs_steps}, "
                              f"{self.n_action_steps}, {self.horizon}")
@@ -71,7 +77,7 @@ class Policy(nn.Module):
     registry: ClassVar[dict[str, type["Policy"]]] = {}
     policy_type: ClassVar[str]
     config_class: ClassVar[type[PolicyConfig]]
-    uses_timestep: ClassVar[bool]  # whether the U-Net gets a diffusion-step input
+    uses_timestep: ClassVar[bool]  # whether the backbone gets a diffusion-step input
     n_noise: int = 1  # standard-normal draws [B, T, Da] per chunk: the initial sample, plus one per noisy sampler step
     extra_positives: int = 0  # training batches carry "neighbor_action" [B, k, T, Da] when k > 0
 
@@ -93,12 +99,18 @@ class Policy(nn.Module):
         self.n_obs_steps, self.horizon, self.n_action_steps = config.n_obs_steps, config.horizon, config.n_action_steps
         self.normalizer = Normalizer()
         self.obs_encoder = ObsEncoder(self.obs_meta, config.n_obs_steps, **config.obs_encoder)
-        unet_kwargs = dict(config.unet)
-        if not self.uses_timestep:
-            unet_kwargs["time_embed_dim"] = None
-        self.model = ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, **unet_kwargs)
+        self.model = self._build_backbone(config)
         self._history = ObsHistory(self.obs_meta, config.n_obs_steps)
         self._plan: deque[np.ndarray] = deque()
+
+    def _build_backbone(self, config: PolicyConfig) -> nn.Module:
+        """The network over the action chunk that config.backbone names, with a diffusion-step input only when the
+        policy uses one (its time_embed_dim then defaults to 128)."""
+        kwargs = dict(config.mlp if config.backbone == "mlp" else config.unet)
+        kwargs["time_embed_dim"] = kwargs.get("time_embed_dim", 128) if self.uses_timestep else None
+        if config.backbone == "mlp":
+            return ChunkMLP(self.action_dim, self.obs_encoder.output_dim, config.horizon, **kwargs)
+        return ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, **kwargs)
 
     # --- what subclasses provide -------------------------------------------------------------
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
