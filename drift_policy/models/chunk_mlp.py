@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from drift_policy.models.unet1d import timestep_mlp
+from drift_policy.models.unet1d import check_conditioning, timestep_mlp, with_timestep
 
 
 class FiLMMLPBlock(nn.Module):
@@ -44,8 +44,7 @@ class ChunkMLP(nn.Module):
     def forward(self, x: Tensor, cond: Tensor, timestep: Tensor | None = None) -> Tensor:
         self._check_inputs(x, cond, timestep)
         if timestep is not None:
-            t = timestep.expand(x.shape[0]) if timestep.dim() == 0 or timestep.shape[0] == 1 else timestep
-            cond = torch.cat([self.time_mlp(t), cond], dim=-1)
+            cond = with_timestep(self.time_mlp, cond, timestep)
         h = self.inp(torch.cat([x.flatten(1), cond], dim=-1))
         film_cond = F.mish(cond)  # shared input activation of every block's FiLM layer, computed once
         for block in self.blocks:
@@ -53,13 +52,7 @@ class ChunkMLP(nn.Module):
         return self.head(h).unflatten(1, (self.horizon, self.action_dim))
 
     def _check_inputs(self, x: Tensor, cond: Tensor, timestep: Tensor | None) -> None:
-        if (timestep is None) != (self.time_embed_dim is None):
-            raise ValueError("this MLP takes no timestep (it was built with time_embed_dim=None)" if self.time_embed_dim is None
-                             else "this MLP needs a timestep [B] (it was built with time_embed_dim set)")
         if x.dim() != 3 or x.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(f"x must be [B, {self.horizon}, {self.action_dim}] (the MLP's horizon and action_dim), "
                              f"got {tuple(x.shape)}")
-        if cond.shape != (x.shape[0], self.cond_dim):
-            raise ValueError(f"cond must be [B, {self.cond_dim}] with B={x.shape[0]}, got {tuple(cond.shape)}")
-        if timestep is not None and (timestep.dim() > 1 or timestep.numel() not in (1, x.shape[0])):
-            raise ValueError(f"timestep must be a scalar or [B] with B={x.shape[0]}, got {tuple(timestep.shape)}")
+        check_conditioning("MLP", x.shape[0], cond, timestep, self.cond_dim, self.time_embed_dim)

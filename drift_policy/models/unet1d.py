@@ -54,6 +54,24 @@ def timestep_mlp(dim: int) -> nn.Sequential:
     return nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim))
 
 
+def with_timestep(time_mlp: nn.Module, cond: Tensor, timestep: Tensor) -> Tensor:
+    """cond [B, C] with the step embedding [B, E] in front: [B, E + C] (a scalar or [1] timestep serves the batch)."""
+    t = timestep.expand(cond.shape[0]) if timestep.dim() == 0 or timestep.shape[0] == 1 else timestep
+    return torch.cat([time_mlp(t), cond], dim=-1)
+
+
+def check_conditioning(net: str, batch: int, cond: Tensor, timestep: Tensor | None, cond_dim: int,
+                       time_embed_dim: int | None) -> None:
+    """The checks every backbone makes on its conditioning: a timestep iff built with one, cond [B, cond_dim]."""
+    if (timestep is None) != (time_embed_dim is None):
+        raise ValueError(f"this {net} takes no timestep (it was built with time_embed_dim=None)" if time_embed_dim is None
+                         else f"this {net} needs a timestep [B] (it was built with time_embed_dim set)")
+    if cond.shape != (batch, cond_dim):
+        raise ValueError(f"cond must be [B, {cond_dim}] with B={batch}, got {tuple(cond.shape)}")
+    if timestep is not None and (timestep.dim() > 1 or timestep.numel() not in (1, batch)):
+        raise ValueError(f"timestep must be a scalar or [B] with B={batch}, got {tuple(timestep.shape)}")
+
+
 class ConditionalUnet1D(nn.Module):
     """Action chunk x [B, T, Da] (channel-last) + cond [B, cond_dim] (+ timestep [B]) -> [B, T, Da].
 
@@ -89,8 +107,7 @@ class ConditionalUnet1D(nn.Module):
     def forward(self, x: Tensor, cond: Tensor, timestep: Tensor | None = None) -> Tensor:
         self._check_inputs(x, cond, timestep)
         if timestep is not None:
-            t = timestep.expand(x.shape[0]) if timestep.dim() == 0 or timestep.shape[0] == 1 else timestep
-            cond = torch.cat([self.time_mlp(t), cond], dim=-1)
+            cond = with_timestep(self.time_mlp, cond, timestep)
         cond = F.mish(cond)  # shared input activation of every block's FiLM layer, computed once
         h, skips = x.transpose(1, 2), []
         for res1, res2, downsample in self.down:
@@ -104,15 +121,9 @@ class ConditionalUnet1D(nn.Module):
         return self.head(h).transpose(1, 2)
 
     def _check_inputs(self, x: Tensor, cond: Tensor, timestep: Tensor | None) -> None:
-        if (timestep is None) != (self.time_embed_dim is None):
-            raise ValueError("this U-Net takes no timestep (it was built with time_embed_dim=None)" if self.time_embed_dim is None
-                             else "this U-Net needs a timestep [B] (it was built with time_embed_dim set)")
         if x.dim() != 3 or x.shape[2] != self.action_dim:
             raise ValueError(f"x must be [B, T, {self.action_dim}] (channel-last), got {tuple(x.shape)}")
         if x.shape[1] % self.horizon_divisor:
             raise ValueError(f"the horizon T={x.shape[1]} must be divisible by {self.horizon_divisor} "
                              f"for {len(self.down)} U-Net levels; pad the chunk or use fewer down_dims")
-        if cond.shape != (x.shape[0], self.cond_dim):
-            raise ValueError(f"cond must be [B, {self.cond_dim}] with B={x.shape[0]}, got {tuple(cond.shape)}")
-        if timestep is not None and (timestep.dim() > 1 or timestep.numel() not in (1, x.shape[0])):
-            raise ValueError(f"timestep must be a scalar or [B] with B={x.shape[0]}, got {tuple(timestep.shape)}")
+        check_conditioning("U-Net", x.shape[0], cond, timestep, self.cond_dim, self.time_embed_dim)
