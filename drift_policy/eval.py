@@ -4,7 +4,8 @@
 Episode i runs seed seed_start + i for both the env and the policy's sampling noise, so a score depends
 only on (policy, seeds). Writes eval.json (mean_score, success_rate and p1..pK with standard errors,
 the same over Diffusion Policy's 50 test seeds 100000-100049 when they are included, per-episode records,
-predict_action latency) and a few videos beside the policy, and prints a summary table.
+predict_action latency) and a few videos beside the policy, each with a PNG filmstrip of 8 of its frames (one image
+that git can hold and a README can show), and prints a summary table.
 
 `--set KEY=VALUE` replaces a saved inference setting for this evaluation (sampler=ddim num_inference_steps=10 for a
 diffusion policy, sample_noise_scale=0.5 for a drift policy), recorded in eval.json under "overrides".

@@ -1,11 +1,11 @@
-"""Vectorised evaluation rollouts with Diffusion Policy's and LeRobot's metrics, latency and videos."""
+"""Vectorised evaluation rollouts with Diffusion Policy's and LeRobot's metrics, latency, videos and filmstrips."""
 from __future__ import annotations
 
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import gymnasium as gym
 import imageio
@@ -47,10 +47,10 @@ def available_cores() -> int:
 class EnvRunner:
     """Runs n_rollouts episodes, seeds seed_start, seed_start + 1, ..., in rounds of n_envs worker processes
     (gymnasium's AsyncVectorEnv; one in-process env when n_envs is 1); episodes of the first n_videos seeds
-    are recorded to MP4 in video_dir. Episode seed s seeds both the env and the policy's sampling noise
-    (a torch.Generator of its own), so an episode's outcome depends on (policy, s), not on n_envs (up to the float
-    rounding of the policy's batch size). mp_context="fork" starts workers fastest, for envs that never render
-    with EGL."""
+    are recorded to MP4 in video_dir, each with a PNG filmstrip beside it. Episode seed s seeds both the env and
+    the policy's sampling noise (a torch.Generator of its own), so an episode's outcome depends on (policy, s), not on
+    n_envs (up to the float rounding of the policy's batch size). mp_context="fork" starts workers fastest, for envs
+    that never render with EGL."""
 
     def __init__(self, env_fn: Callable[[], gym.Env], n_obs_steps: int, n_action_steps: int, max_steps: int,
                  n_rollouts: int = 50, seed_start: int = 100000, n_envs: int | None = None, n_videos: int = 0,
@@ -69,12 +69,12 @@ class EnvRunner:
         self.video_dir = Path(video_dir) if video_dir is not None else None
 
     def run(self, policy: ChunkPolicy) -> dict[str, Any]:
-        """Roll out every seed: mean_score, success_rate, [p1..pK], latency_ms {p50, p95}, episodes, videos."""
+        """Roll out every seed: mean_score, success_rate, [p1..pK], latency_ms {p50, p95}, episodes, videos, filmstrips."""
         # Finished envs are not auto-reset: the wrapper repeats their final step until the round ends.
         mode = gym.vector.AutoresetMode.DISABLED
         vector = (gym.vector.AsyncVectorEnv([self.make_env] * self.n_envs, context=self.mp_context, autoreset_mode=mode)
                   if self.n_envs > 1 else gym.vector.SyncVectorEnv([self.make_env], autoreset_mode=mode))
-        episodes, latencies, videos = [], [], []
+        episodes, latencies, videos, filmstrips = [], [], [], []
         failed = True
         try:
             with tqdm(total=len(self.seeds), desc="rollouts", dynamic_ncols=True, leave=False) as bar:
@@ -84,12 +84,14 @@ class EnvRunner:
                     for episode, episode_frames in zip(round_episodes, frames):
                         episodes.append(episode)
                         if episode_frames:
-                            videos.append(self._write_video(episode_frames, episode))
+                            video, strip = self._write_video(episode_frames, episode)
+                            videos.append(video)
+                            filmstrips.append(strip)
                     bar.update(len(seeds))
             failed = False
         finally:
             vector.close(terminate=failed)  # a dead or stuck worker cannot take part in an orderly close
-        return self._summary(episodes, latencies, videos)
+        return self._summary(episodes, latencies, videos, filmstrips)
 
     def _round(self, vector: gym.vector.VectorEnv, policy: ChunkPolicy, seeds: list[int],
                latencies: list[float]) -> tuple[list[dict], list[list[np.ndarray]]]:
@@ -131,19 +133,36 @@ class EnvRunner:
             episodes.append(episode)
         return episodes, list(frames[: len(seeds)])
 
-    def _write_video(self, frames: list[np.ndarray], episode: dict) -> str:
+    def _write_video(self, frames: list[np.ndarray], episode: dict) -> tuple[str, str]:
+        """The episode's MP4 and its filmstrip PNG of the same stem; returns both paths."""
         self.video_dir.mkdir(parents=True, exist_ok=True)
         outcome = "success" if episode["success"] else "fail"
         path = self.video_dir / f"seed{episode['seed']}_{outcome}_score{episode['max_reward']:.2f}.mp4"
         imageio.mimwrite(path, frames, fps=self.fps, macro_block_size=1)
-        return str(path)
+        strip = path.with_suffix(".png")
+        imageio.imwrite(strip, filmstrip(frames))
+        return str(path), str(strip)
 
     @staticmethod
-    def _summary(episodes: list[dict], latencies: list[float], videos: list[str]) -> dict[str, Any]:
+    def _summary(episodes: list[dict], latencies: list[float], videos: list[str],
+                 filmstrips: list[str]) -> dict[str, Any]:
         result = episode_metrics(episodes)
         result["latency_ms"] = {"p50": float(np.percentile(latencies, 50)), "p95": float(np.percentile(latencies, 95))}
-        result["episodes"], result["videos"] = episodes, videos
+        result["episodes"], result["videos"], result["filmstrips"] = episodes, videos, filmstrips
         return result
+
+
+def filmstrip(frames: Sequence[np.ndarray], n_frames: int = 8) -> np.ndarray:
+    """n_frames frames [H, W, 3] evenly spaced from the first to the last (all of them when fewer), in one row with 2-px
+    white separators: a rollout as one image that git can hold and a README can show, where its MP4 cannot."""
+    if len(frames) == 0:
+        raise ValueError("filmstrip needs at least one frame, got an episode with none")
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    picks = np.linspace(0, len(frames) - 1, min(n_frames, len(frames))).round().astype(int)
+    separator = np.full((frames[0].shape[0], 2, 3), 255, dtype=np.uint8)
+    tiles = [tile for i in picks for tile in (separator, np.asarray(frames[i], dtype=np.uint8))]
+    return np.concatenate(tiles[1:], axis=1)
 
 
 class EnvWorkerDied(RuntimeError):

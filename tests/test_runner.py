@@ -10,7 +10,7 @@ import zarr
 
 from drift_policy.envs.multistep import MultiStepWrapper
 from drift_policy.envs.pusht import make_pusht_env
-from drift_policy.envs.runner import EnvRunner
+from drift_policy.envs.runner import EnvRunner, filmstrip
 
 PUSHT = Path(__file__).resolve().parents[1] / "data/pusht/pusht_cchi_v7_replay.zarr"
 DEMOS = {0: 51, 1: 205}  # seed -> demo: 51 (73 steps) ends at coverage 0.9531 (success); 205 (49 steps) at 0.9096
@@ -99,6 +99,13 @@ def test_two_rollouts_in_worker_processes(demos, tmp_path):
     reader = imageio.get_reader(result["videos"][0])
     assert reader.get_meta_data()["fps"] == 10 and reader.count_frames() == 73 + 1  # reset frame + one per step
     assert reader.get_data(0).shape == (256, 256, 3)
+    # The filmstrip beside it: 8 of the 74 frames, the first and the last among them, 2-px white separators.
+    assert result["filmstrips"] == [str(tmp_path / "seed0_success_score1.00.png")]
+    strip = imageio.v3.imread(result["filmstrips"][0])
+    assert strip.dtype == np.uint8 and strip.shape == (256, 8 * 256 + 7 * 2, 3)
+    assert (strip[:, 256:258] == 255).all() and (strip[:, -258:-256] == 255).all()
+    for tile, frame in ((strip[:, :256], 0), (strip[:, -256:], 73)):  # the MP4 is lossy: close, not equal
+        assert np.abs(tile.astype(float) - reader.get_data(frame)).mean() < 2  # measured 0.4; swapped 5.0
 
 
 class Hold:
@@ -119,7 +126,27 @@ def test_seeded_rounds_keep_the_initial_coverage_when_nothing_moves(n_envs):
     assert [e["seed"] for e in result["episodes"]] == [100000, 100001, 100002]
     assert [e["steps"] for e in result["episodes"]] == [16, 16, 16]
     np.testing.assert_allclose([e["max_reward"] for e in result["episodes"]], initial, rtol=0, atol=1e-9)
-    assert max(initial) > 0 and result["mean_score"] == pytest.approx(np.mean(initial)) and result["videos"] == []
+    assert max(initial) > 0 and result["mean_score"] == pytest.approx(np.mean(initial))
+    assert result["videos"] == result["filmstrips"] == []
+
+
+def _columns(*values: int) -> list[int]:
+    """A filmstrip's row of 3-px tiles of the given values, with 2-px white separators."""
+    return [column for v in values for column in (255, 255, v, v, v)][2:]
+
+
+def test_filmstrip_spaces_frames_evenly_in_order():
+    frames = [np.full((4, 3, 3), i, dtype=np.uint8) for i in range(15)]  # frame i filled with i
+    strip = filmstrip(frames)
+    assert strip.shape == (4, 8 * 3 + 7 * 2, 3) and strip.dtype == np.uint8
+    assert (strip == strip[:1, :, :1]).all() and strip[0, :, 0].tolist() == _columns(0, 2, 4, 6, 8, 10, 12, 14)
+    assert filmstrip(frames[:3])[0, :, 0].tolist() == _columns(0, 1, 2)  # fewer frames than 8: all of them
+    assert filmstrip(frames, n_frames=2)[0, :, 0].tolist() == _columns(0, 14)
+    np.testing.assert_array_equal(filmstrip(frames[5:6]), frames[5])
+    with pytest.raises(ValueError, match="at least one frame"):
+        filmstrip([])
+    with pytest.raises(ValueError, match="n_frames must be >= 1"):
+        filmstrip(frames, n_frames=0)
 
 
 def test_runner_argument_errors():

@@ -1,5 +1,6 @@
 """Every env family end to end, videos included: demos -> a tiny policy trained for a few steps -> 2 evaluation
-episodes in 2 worker processes with 1 video, whose mp4 frames have the env's render shape (the Lift row of the table once died here)."""
+episodes in 2 worker processes with 1 video, whose mp4 frames have the env's render shape (the Lift row of the table once died here),
+and the filmstrip PNG beside it, tiled from frames of that shape."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,3 +47,6 @@ def test_tiny_policy_two_episodes_and_one_video(task, tmp_path):
     if shape is not None:
         assert frames.shape[1:] == shape
     assert frames.std() > 1.0, "the video is blank"
+    assert result["filmstrips"] == [str(Path(result["videos"][0]).with_suffix(".png"))]
+    k, (_, height, width, _) = min(8, len(frames)), frames.shape
+    assert imageio.imread(result["filmstrips"][0]).shape == (height, k * width + (k - 1) * 2, 3)
