@@ -1,32 +1,41 @@
 """Make demonstrations with a task's scripted expert and write them in robomimic's hdf5 layout.
 
-    python -m drift_policy.demos.generate --task lift --episodes 200 [--out PATH] [--seed 0]
+    python -m drift_policy.demos.generate --task lift --episodes 200 [--out PATH] [--seed 0] [--workers N]
 
 The expert is the one the task's config names (configs/task/<task>.yaml, `expert:`); `--task lift_image` records
 the cameras too. The default output is the task's dataset path. Episode i is the expert's attempt on scene
-`seed + i`; only successful attempts are kept, until `episodes` of them are written. A killed run continues where
-it stopped when the same command runs again, and a file with fewer demos is extended. Expert modules expose
-`collect_episode(seed, image=False, **kw) -> dict` (obs, actions, states, success) and
+`seed + i`; only successful attempts are kept, until `episodes` of them are written. Attempts run in `--workers`
+processes (default: one per usable core) and are written in seed order, so the file is the same for any count. A
+killed run continues where it stopped when the same command runs again, and a file with fewer demos is extended.
+Expert modules expose `collect_episode(seed, image=False, **kw) -> dict` (obs, actions, states, success) and
 `env_args(image=False, **kw) -> dict`; both get `task=<the expert's task>` as a keyword.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib
+import itertools
 import json
+import multiprocessing
+import os
 import shutil
 import signal
 import sys
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import h5py
 import numpy as np
+import threadpoolctl  # installed with scikit-learn
 from tqdm import tqdm
 
-from drift_policy.cli import positive_int
+from drift_policy.cli import available_cores, positive_int
 from drift_policy.tasks import Task, load_task, task_names
 
 MAX_ATTEMPTS_PER_EPISODE = 3  # give up when the expert succeeds less than a third of the time
@@ -55,7 +64,7 @@ def ensure_demonstrations(task: Task, demos: int | None = None) -> int | None:
         return have
     print(f"{task.dataset_path} holds {have} demonstrations: making {wanted} with the {task.expert.task} expert "
           f"(the same as `python -m drift_policy.demos.generate --task {task.name} --episodes {wanted}`)", flush=True)
-    generate(task.name, task.dataset_path, episodes=wanted)
+    generate(task.name, task.dataset_path, episodes=wanted)  # a worker per core
     return wanted
 
 
@@ -92,15 +101,55 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def generate(task: str, out: str | Path, episodes: int, seed: int = 0) -> dict:
-    """Write `episodes` successful demonstrations of `task`'s expert to `out`; returns attempts, successes,
-    success_rate and wall_time_s, also stored in the file's attrs.
+def _attempt(module: str, task: str, image: bool, seed: int) -> dict:
+    """The expert's episode on scene `seed`; an error names the seed (and is one that pickles, for the pool)."""
+    try:
+        return importlib.import_module(module).collect_episode(seed, image=image, task=task)
+    except Exception as err:
+        raise RuntimeError(f"the {task} expert failed on scene seed {seed}: {err!r}") from err
+
+
+def _worker_setup() -> None:
+    """One BLAS/OpenMP thread per worker (the pool has a worker per core); Ctrl-C is the main process's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update(dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1"))  # later loads
+    threadpoolctl.threadpool_limits(1)  # loaded already: numpy's OpenBLAS, imported with this module
+    if "torch" in sys.modules:  # imported by a caller's main script, which a spawned worker imports again
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _pooled(attempt: Callable[[int], dict], seeds: Iterable[int], workers: int) -> Iterator[tuple[int, dict]]:
+    """(seed, attempt(seed)) in seed order, run in `workers` spawned processes (EGL rendering does not survive a
+    fork), at most `workers` attempts in flight; on close or error the attempts still running are killed."""
+    seeds = iter(seeds)
+    running: deque[tuple[int, Future]] = deque()
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_setup)
+    try:
+        while True:
+            running.extend((s, pool.submit(attempt, s)) for s in itertools.islice(seeds, workers - len(running)))
+            if not running:
+                return
+            seed, future = running.popleft()
+            yield seed, future.result()
+    finally:
+        for process in list(pool._processes.values()):  # Python 3.14's pool.terminate_workers()
+            process.terminate()
+        pool.shutdown(cancel_futures=True)
+
+
+def generate(task: str, out: str | Path, episodes: int, seed: int = 0, workers: int | None = None) -> dict:
+    """Write `episodes` successful demonstrations of `task`'s expert to `out`, running the attempts in `workers`
+    processes (default: one per usable core; 1: in this process); returns attempts, successes, success_rate and
+    wall_time_s, also stored in the file's attrs.
 
     Nothing made is lost: the demos go to `<out>.partial`, flushed after every attempt and renamed to `out` when
     complete; an interrupted run keeps it and the same command continues from its last attempt, and an `out` of the
     same task, seed and cameras with fewer demos is extended (its attempts are not run again)."""
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
+    workers = available_cores() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     definition = expert_of(task)
     expert, task, image = definition.expert_module(), definition.expert.task, bool(definition.expert.image)
     out = Path(out)
@@ -113,23 +162,28 @@ def generate(task: str, out: str | Path, episodes: int, seed: int = 0) -> dict:
         attempts, phases, spent = int(attrs["expert_attempts"]), json.loads(attrs["expert_phases"]), float(attrs["expert_wall_time_s"])
         if attempts:
             print(f"continuing {partial}: {len(group)} demos after {attempts} attempts", flush=True)
+        attempt = functools.partial(_attempt, definition.expert.module, task, image)
+        seeds = range(seed + attempts, seed + MAX_ATTEMPTS_PER_EPISODE * episodes)
+        results = _pooled(attempt, seeds, workers) if workers > 1 else ((s, attempt(s)) for s in seeds)
         try:
-            with tqdm(total=episodes, initial=len(group), desc=f"{task} expert", unit="demo") as bar:
-                while len(group) < episodes:
-                    if attempts >= MAX_ATTEMPTS_PER_EPISODE * episodes:
-                        raise RuntimeError(f"the {task} expert succeeded {len(group)} times in {attempts} attempts; "
-                                           "too few to make the dataset")
-                    episode = expert.collect_episode(seed + attempts, image=image, task=task)
+            with tqdm(total=episodes, initial=len(group), desc=f"{task} expert", unit="demo") as bar, \
+                    contextlib.closing(results):
+                for episode_seed, episode in results:
                     attempts += 1
                     for phase, done in episode.get("phases", {}).items():  # optional per-subtask outcomes
                         phases[phase] = phases.get(phase, 0) + int(done)
                     if episode["success"]:
-                        _write_demo(group, episode, seed + attempts - 1)
+                        _write_demo(group, episode, episode_seed)
                         bar.update(1)
                     bar.set_postfix(success_rate=f"{len(group) / attempts:.2f}")
                     attrs["expert_attempts"], attrs["expert_phases"] = attempts, json.dumps(phases)
                     attrs["expert_wall_time_s"] = spent + time.perf_counter() - start
                     f.flush()
+                    if len(group) == episodes:  # later attempts (running in the pool) are discarded, not counted
+                        break
+            if len(group) < episodes:
+                raise RuntimeError(f"the {task} expert succeeded {len(group)} times in {attempts} attempts; "
+                                   "too few to make the dataset")
         except BaseException:  # Ctrl-C, SIGTERM, an error: what was made stays in the partial file
             print(f"\nstopped: {len(group)} demos ({attempts} attempts) kept in {partial}; the same command continues "
                   "from there", file=sys.stderr, flush=True)
@@ -183,10 +237,13 @@ def main(argv: list[str] | None = None) -> dict:
                         "(default: the task's count, Diffusion Policy's)")
     parser.add_argument("--out", type=Path, default=None, help="default: the task's dataset path")
     parser.add_argument("--seed", type=int, default=0, help="scene seed of the first attempt")
+    parser.add_argument("--workers", type=positive_int, default=available_cores(), help="processes running the "
+                        "expert at once (default: one per usable core, %(default)s here; 1 runs it in this process)")
     args = parser.parse_args(argv)
     definition = expert_of(args.task)
     out = args.out or definition.dataset_path
-    stats = generate(args.task, out, args.episodes or int(definition.expert.demos), seed=args.seed)
+    stats = generate(args.task, out, args.episodes or int(definition.expert.demos), seed=args.seed,
+                     workers=args.workers)
     print(f"{out}: {stats['successes']} demos; expert success {stats['successes']}/{stats['attempts']} = "
           f"{stats['success_rate']:.3f}; {stats['wall_time_s']:.1f} s")
     if stats["phases"]:

@@ -1,7 +1,9 @@
-"""argparse types shared by the command-line tools: one clear message for a count or budget out of range."""
+"""argparse types shared by the command-line tools (one clear message for a count or budget out of range), and the
+default number of worker processes."""
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any, Callable
 
 import yaml
@@ -15,6 +17,11 @@ def _whole_number_at_least(minimum: int, text: str) -> int:
     if value < minimum:
         raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the default number of env or expert worker processes)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def positive_int(text: str) -> int:

@@ -1,7 +1,6 @@
 """Vectorised evaluation rollouts with Diffusion Policy's and LeRobot's metrics, latency, videos and filmstrips."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from drift_policy.cli import available_cores
 from drift_policy.envs.multistep import MultiStepWrapper
 
 # forkserver: a MuJoCo env that renders with EGL hangs in reset in a worker forked from a process that has imported
@@ -37,11 +37,6 @@ class _MakeEnv:
 
     def __call__(self) -> gym.Env:
         return MultiStepWrapper(self.env_fn(), *self.args)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the default number of env workers)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class EnvRunner:

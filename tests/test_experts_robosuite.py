@@ -38,7 +38,7 @@ def test_demonstrations_vary_and_are_reproducible(episodes):
 
 def test_generate_cli_writes_robomimic_layout(tmp_path, capsys):
     out = tmp_path / "lift.hdf5"
-    stats = gen.main(["--task", "lift", "--episodes", "1", "--out", str(out), "--seed", "5"])
+    stats = gen.main(["--task", "lift", "--episodes", "1", "--out", str(out), "--seed", "5", "--workers", "1"])
     assert stats["successes"] == 1 and stats["attempts"] >= 1 and stats["wall_time_s"] > 0
     assert "expert success 1/" in capsys.readouterr().out
     with h5py.File(out) as f:
@@ -88,11 +88,11 @@ def test_an_interrupted_generation_continues_and_a_shorter_file_is_extended(tmp_
     monkeypatch.setattr(expert, "collect_episode", interrupted_on_third)
     out = tmp_path / "lift.hdf5"
     with pytest.raises(KeyboardInterrupt):
-        gen.generate("lift", out, episodes=3, seed=7)
+        gen.generate("lift", out, episodes=3, seed=7, workers=1)  # in this process, where the patch is
     assert not out.exists() and calls == [7, 8, 9]
-    stats = gen.generate("lift", out, episodes=3, seed=7)  # the same command again
+    stats = gen.generate("lift", out, episodes=3, seed=7, workers=1)  # the same command again
     assert calls[3] == 9 and stats["attempts"] == len(calls) - 1  # resumes at the interrupted attempt, none repeated
-    stats = gen.generate("lift", out, episodes=4, seed=7)  # more of the same file
+    stats = gen.generate("lift", out, episodes=4, seed=7, workers=1)  # more of the same file
     assert stats["successes"] == 4 and stats["attempts"] == len(calls) - 1
     with h5py.File(out) as f:
         seeds = [int(f[f"data/demo_{i}"].attrs["seed"]) for i in range(4)]

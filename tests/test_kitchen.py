@@ -70,7 +70,7 @@ def test_expert_completes_all_four_tasks():
 def test_generated_kitchen_demos_load(tmp_path):
     """drift_policy.demos.generate writes the expert's demos in robomimic's layout, and the task config's reader loads them."""
     out = tmp_path / "kitchen.hdf5"
-    stats = gen.main(["--task", "kitchen", "--episodes", "1", "--out", str(out), "--seed", "1"])
+    stats = gen.main(["--task", "kitchen", "--episodes", "1", "--out", str(out), "--seed", "1", "--workers", "1"])
     assert stats["successes"] == 1 and stats["phases"]["kettle"] == stats["attempts"]
     cfg = OmegaConf.load("configs/task/kitchen.yaml")
     buffer = load_robomimic(out, obs_keys=list(cfg.dataset.obs_keys))

@@ -31,7 +31,7 @@ LEGACY_ENV_ARGS = {
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "lift.hdf5"
-    stats = generate("lift", path, episodes=2, seed=0)
+    stats = generate("lift", path, episodes=2, seed=0, workers=1)
     return path, stats
 
 

@@ -56,7 +56,7 @@ def test_runner_records_the_push_order_and_mode_shares_count_it():
 
 def test_demos_keep_their_order_and_a_dataset_of_another_task_is_refused(tmp_path):
     path = tmp_path / "block_push.hdf5"
-    generate("block_push", path, episodes=2)
+    generate("block_push", path, episodes=2, workers=1)
     orders = demo_orders(path)
     assert len(orders) == 2 and all(len(order) == 2 and order[0].startswith("block") for order in orders)
     assert task_reading("block_push", path).count_demos() == 2
