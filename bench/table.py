@@ -11,6 +11,8 @@ Drift numbers beside ours (mean ± standard error), steps, budget, NFE and predi
 and Kitchen a column gives the mode balance: how the successful rollouts split over push / task orders, beside
 the demonstrations' split (each demo's order as the env counted it, stored by drift_policy.demos.generate). A task that cannot
 run (no expert yet, simulator missing, a dataset of another task) gets a row saying why.
+Each arm records the machine's speed (drift_policy.budget.reference_step_ms) whenever its training starts; a row whose
+arms ran on machines more than 15% apart is flagged under the table, since its minutes were not equal compute.
 Each arm's EMA policy is also scored at 25/50/75% of its budget on --curve-rollouts episodes (the learning curve,
 docs/figures/table_<task>.png). Results: bench/results/table.{md,json}. Resumable: a killed run keeps the arms already
 measured with the same budget, rollouts, demos, device and resolved config (a changed default re-measures an arm), and
@@ -50,6 +52,7 @@ PIP_PACKAGES = {"robosuite": "robosuite", "gymnasium_robotics": "gymnasium-robot
                 "gym_pusht": "gym-pusht", "pymunk": "pymunk", "h5py": "h5py"}
 ARMS = dict(sorted((parse_arm(a) for a in DEFAULT_ARMS), key=lambda arm: arm[0] != "diffusion"))  # DP first, as in the paper
 ARM_LABELS = {"diffusion": "DP", "drift": "Drift"}
+SPEED_TOLERANCE = 1.15  # a row whose arms' machines differ by more than this in reference step time is flagged
 
 
 class TaskUnavailable(Exception):
@@ -175,9 +178,19 @@ def table_rows(done: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, s
             row["budget min"] = both(lambda m: f"{m['setting']['minutes']:g}") if last else ""
             row["NFE DP / Drift"] = both(lambda m: str(m["result"]["nfe"])) if last else ""
             row["latency ms DP / Drift"] = both(lambda m: f"{m['result']['latency_batch1_ms']['p50']:.2f}") if last else ""
+            row["reference step ms DP / Drift"] = both(_speeds) if last else ""
             row["demos"] = str(entry.get("demos") or "shipped") if last else ""
             rows.append(row)
+        speeds = [v for arm in arms if measured[arm] for v in measured[arm]["train"].get("reference_step_ms", [])]
+        if speeds and max(speeds) > SPEED_TOLERANCE * min(speeds):
+            legend.append(f"{name}: its arms trained on machines of different speed (reference step {min(speeds):.0f}-"
+                          f"{max(speeds):.0f} ms), so equal minutes were not equal compute: compare its steps, or re-run an arm")
     return rows, legend
+
+
+def _speeds(measured: dict[str, Any]) -> str:
+    """The machine's reference step (ms) at each start of an arm's training, '?' for records from before it was kept."""
+    return ",".join(f"{v:.0f}" for v in measured["train"].get("reference_step_ms", [])) or "?"
 
 
 def headline_metric(name: str) -> str:

@@ -90,6 +90,8 @@ def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(t
     assert run_dir.parent == tmp_path / "results" / "runs" and (run_dir / "eval" / "eval.json").exists()
     assert list(first) == ["row", "overrides", "result", "episodes", "train", "curve"]
     assert [p["rollouts"] for p in first["curve"]] == [1, 1, 1, 2]  # 25/50/75% snapshots, then the final evaluation
+    speeds = first["train"]["reference_step_ms"]  # the machine's speed, measured once when training started
+    assert len(speeds) == 1 and 0 < speeds[0] < 10_000 and first["row"]["ref step ms"] == f"{speeds[0]:.0f}"
     checkpoint_mtime = (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns
     rows = _rows(run_dir)
 
@@ -102,5 +104,6 @@ def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(t
     third = run_arm("drift", ["policy=drift"], **arm)
     assert eval_json.exists() and third["result"]["rollouts"] == 2
     assert third["train"]["steps"] == first["train"]["steps"] and _rows(run_dir) == rows  # no training step taken
+    assert third["train"]["reference_step_ms"] == speeds  # a finished run does not measure the machine again
     assert (run_dir / "checkpoints" / "latest.pt").stat().st_mtime_ns >= checkpoint_mtime
     assert [e["max_reward"] for e in third["episodes"]] == pytest.approx([e["max_reward"] for e in first["episodes"]], abs=1e-6)

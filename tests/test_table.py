@@ -101,7 +101,7 @@ def test_table_puts_paper_and_ours_side_by_side_and_shows_a_collapsed_mode():
     cells = [c.strip() for c in p2.strip("|").split("|")]
     assert cells[:7] == ["block_push", "state", "p2", "0.11", "0.16", "0.200 ± 0.040", "0.300 ± 0.040"]
     assert "demos 2/2 [0.50 0.50] n=1000" in cells[7] and "DP 2/2 [0.50 0.50] n=2" in cells[7] and "Drift 1/2 [1.00 0.00] n=3" in cells[7]
-    assert cells[8:] == ["1200 / 1200", "30 / 30", "100 / 1", "3.14 / 3.14", "1000"]
+    assert cells[8:] == ["1200 / 1200", "30 / 30", "100 / 1", "3.14 / 3.14", "? / ?", "1000"]  # records before speeds were kept
     assert "| p1 | 0.36 | 0.56 | 0.400 ± 0.050 | 0.600 ± 0.050 |" in text
     assert "| tool_hang | state | success_rate | 0.30 | 0.38 | not run: tool_hang: cannot make its demonstrations" in text
     assert f"block_push modes, in cell order: {a} | {b}" in text
@@ -109,3 +109,15 @@ def test_table_puts_paper_and_ours_side_by_side_and_shows_a_collapsed_mode():
     assert all(load_task(t).paper["obs"] in ("state", "visual") for t in TASKS)  # every row has the paper's numbers
     done["tasks"]["block_push"]["arms"]["drift"]["result"].pop("p2")  # no episode pushed both blocks: episode_metrics stops at p1
     assert "| p2 | 0.11 | 0.16 | 0.200 ± 0.040 | 0.000 ± 0.000 |" in format_table(done, ["block_push"])
+
+
+def test_a_row_whose_arms_ran_on_machines_of_different_speed_is_flagged():
+    arms = {"diffusion": _arm(100, 0.40, 0.20, []), "drift": _arm(1, 0.60, 0.30, [])}
+    done = {"setting": {"minutes_per_arm": 30.0, "rollouts": 200, "device": "cpu"},
+            "tasks": {"block_push": {"demos": 1000, "arms": arms}}}
+    arms["diffusion"]["train"]["reference_step_ms"] = [50.0]
+    arms["drift"]["train"]["reference_step_ms"] = [52.0, 56.0]  # resumed once, on a machine 12% slower: within tolerance
+    text = format_table(done, ["block_push"])
+    assert "| 50 / 52,56 |" in text and "machines of different speed" not in text
+    arms["drift"]["train"]["reference_step_ms"] = [90.0]
+    assert "block_push: its arms trained on machines of different speed (reference step 50-90 ms)" in format_table(done, ["block_push"])
