@@ -82,6 +82,16 @@ def test_arms_parse_and_name_their_run_dirs_as_the_resumed_benchmarks_expect(tmp
     assert arm_config("push_t", ["train.lr=1e-5"]) != arm_config("push_t", [])
 
 
+def test_a_tasks_own_policy_file_sets_only_its_policy_on_that_task():
+    # configs/task_policy/can_drift.yaml: Can's drift arm is the ChunkMLP at G=8; DP on Can and drift elsewhere keep the defaults
+    can_drift, can_dp, push_t_drift = (arm_config(task, [f"policy={policy}"]) for task, policy in
+                                       (("can", "drift"), ("can", "diffusion"), ("push_t", "drift")))
+    assert (can_drift["policy"]["backbone"], can_drift["policy"]["n_generated"]) == ("mlp", 8)
+    assert "backbone" not in can_dp["policy"] and "backbone" not in push_t_drift["policy"]
+    assert push_t_drift["policy"]["n_generated"] == compose_cfg([]).policy.n_generated
+    assert arm_config("can", ["policy=drift", "policy.n_generated=4"])["policy"]["n_generated"] == 4  # the command line wins
+
+
 def test_a_finished_arm_whose_evaluation_was_killed_reruns_only_the_evaluation(tmp_path):
     run_dir = arm_run_dir(tmp_path / "results", "t", "push_t", "drift", 0.05, {})
     arm = dict(task="push_t", minutes=0.05, run_dir=run_dir, rollouts=2, n_envs=1, device="cpu", curve_rollouts=1,
