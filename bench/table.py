@@ -177,6 +177,7 @@ def table_rows(done: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, s
             row["steps DP / Drift"] = both(lambda m: str(m["train"]["steps"])) if last else ""
             row["budget min"] = both(lambda m: f"{m['setting']['minutes']:g}") if last else ""
             row["NFE DP / Drift"] = both(lambda m: str(m["result"]["nfe"])) if last else ""
+            row["network DP / Drift"] = both(_network) if last else ""
             row["latency ms DP / Drift"] = both(lambda m: f"{m['result']['latency_batch1_ms']['p50']:.2f}") if last else ""
             row["reference step ms DP / Drift"] = both(_speeds) if last else ""
             row["demos"] = str(entry.get("demos") or "shipped") if last else ""
@@ -186,6 +187,15 @@ def table_rows(done: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, s
             legend.append(f"{name}: its arms trained on machines of different speed (reference step {min(speeds):.0f}-"
                           f"{max(speeds):.0f} ms), so equal minutes were not equal compute: compare its steps, or re-run an arm")
     return rows, legend
+
+
+def _network(measured: dict[str, Any]) -> str:
+    """The arm's action network and, for drift, its G: a task may set its own (configs/task_policy), e.g. 'MLP, G=8'."""
+    policy = measured["setting"].get("config", {}).get("policy")
+    if policy is None:
+        return "?"  # a record from before the resolved config was kept
+    network = {"mlp": "MLP"}.get(policy.get("backbone", "unet"), "U-Net")
+    return f"{network}, G={policy['n_generated']}" if "n_generated" in policy else network
 
 
 def _speeds(measured: dict[str, Any]) -> str:

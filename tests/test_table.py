@@ -83,17 +83,19 @@ def test_unknown_task_and_missing_simulator_messages(monkeypatch, capsys):
         require_simulator(load_task("kitchen"))
 
 
-def _arm(nfe: int, p1: float, p2: float, orders: list[list[str]]) -> dict:
+def _arm(nfe: int, p1: float, p2: float, orders: list[list[str]], policy: dict | None = None) -> dict:
     episodes = [{"seed": 100000 + i, "success": True, "order": o} for i, o in enumerate(orders)]
+    setting = {"minutes": 30.0, **({"config": {"policy": policy}} if policy else {})}
     return {"result": {"p1": p1, "p1_se": 0.05, "p2": p2, "p2_se": 0.04, "nfe": nfe, "latency_batch1_ms": {"p50": 3.14159}},
-            "episodes": episodes, "train": {"steps": 1200}, "setting": {"minutes": 30.0}}
+            "episodes": episodes, "train": {"steps": 1200}, "setting": setting}
 
 
 def test_table_puts_paper_and_ours_side_by_side_and_shows_a_collapsed_mode():
     a, b = "block0->target0, block1->target1", "block1->target1, block0->target0"
     done = {"setting": {"minutes_per_arm": 30.0, "rollouts": 200, "device": "cpu"}, "machine": "2-core x86_64", "date": "2026-11-23",
             "tasks": {"block_push": {"demos": 1000, "demo_modes": {"n": 1000, "shares": {a: 0.5, b: 0.5}},
-                                     "arms": {"diffusion": _arm(100, 0.40, 0.20, [[a], [b]]), "drift": _arm(1, 0.60, 0.30, [[a]] * 3)}},
+                                     "arms": {"diffusion": _arm(100, 0.40, 0.20, [[a], [b]], {"name": "diffusion"}),
+                                              "drift": _arm(1, 0.60, 0.30, [[a]] * 3, {"backbone": "mlp", "n_generated": 8})}},
                       "tool_hang": {"arms": {}, "unavailable": "tool_hang: cannot make its demonstrations: no scripted expert"}}}
     text = format_table(done, ["block_push", "tool_hang"])
     lines = text.splitlines()
@@ -101,7 +103,8 @@ def test_table_puts_paper_and_ours_side_by_side_and_shows_a_collapsed_mode():
     cells = [c.strip() for c in p2.strip("|").split("|")]
     assert cells[:7] == ["block_push", "state", "p2", "0.11", "0.16", "0.200 ± 0.040", "0.300 ± 0.040"]
     assert "demos 2/2 [0.50 0.50] n=1000" in cells[7] and "DP 2/2 [0.50 0.50] n=2" in cells[7] and "Drift 1/2 [1.00 0.00] n=3" in cells[7]
-    assert cells[8:] == ["1200 / 1200", "30 / 30", "100 / 1", "3.14 / 3.14", "? / ?", "1000"]  # records before speeds were kept
+    # the network each arm trained (a task's own policy file may change drift's), then speeds: "?" for records before them
+    assert cells[8:] == ["1200 / 1200", "30 / 30", "100 / 1", "U-Net / MLP, G=8", "3.14 / 3.14", "? / ?", "1000"]
     assert "| p1 | 0.36 | 0.56 | 0.400 ± 0.050 | 0.600 ± 0.050 |" in text
     assert "| tool_hang | state | success_rate | 0.30 | 0.38 | not run: tool_hang: cannot make its demonstrations" in text
     assert f"block_push modes, in cell order: {a} | {b}" in text
