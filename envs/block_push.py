@@ -98,6 +98,7 @@ class BlockPushEnv(gym.Env):
         self.observation_space = spaces.Dict(obs)
         self.steps = 0
         self.completed: list[tuple[int, int]] = []  # (block, target) pairs in the order they happened
+        self.completed_at: list[int] = []  # the step at which each entered
 
     # ---- state -------------------------------------------------------------------------------------
     def target_poses(self) -> np.ndarray:
@@ -148,6 +149,7 @@ class BlockPushEnv(gym.Env):
         for block, target in zip(*np.nonzero(inside)):
             if all(block != b and target != t for b, t in self.completed):
                 self.completed.append((int(block), int(target)))
+                self.completed_at.append(self.steps)
 
     def _observe(self) -> dict[str, np.ndarray]:
         blocks = [[*self.data.qpos[7 * i:7 * i + 2], _yaw(self.data.qpos[7 * i + 3:7 * i + 7])] for i in range(2)]
@@ -160,14 +162,15 @@ class BlockPushEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         done = self.num_completed()
-        return {"is_success": done == 2, "num_completed": done, "completed": [f"block{b}->target{t}" for b, t in self.completed]}
+        return {"is_success": done == 2, "num_completed": done, "completed": [f"block{b}->target{t}" for b, t in self.completed],
+                "completed_at": list(self.completed_at)}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Random layout from the seed, or options={"state": get_state() output} to restore one."""
         super().reset(seed=seed)
         state = (options or {}).get("state")
         self.set_state(self._sample_state() if state is None else state)
-        self.steps, self.completed = 0, []
+        self.steps, self.completed, self.completed_at = 0, [], []
         return self._observe(), self._info()
 
     def step(self, action: np.ndarray):

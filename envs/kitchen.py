@@ -20,7 +20,8 @@ TASKS = ("microwave", "kettle", "light switch", "slide cabinet")
 class KitchenEnv(gym.Env):
     """Dict observations {"robot_qpos" [9], "robot_qvel" [9], "object_qpos" [21]} (FrankaKitchen's noisy
     readings), optionally "image" uint8 [H, W, 3] from its default camera; actions are its 9 joint
-    velocities in [-1, 1]. reward = tasks done / 4; info: is_success, num_completed, completed (in order)."""
+    velocities in [-1, 1]. reward = tasks done / 4; info: is_success, num_completed, completed (in order) and completed_at (the step each
+    was done at: a policy too slow for the 280 steps tells apart from one that stops)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
     STATE_DIM = 30 + 29  # qpos, qvel
@@ -47,6 +48,7 @@ class KitchenEnv(gym.Env):
             obs["image"] = spaces.Box(0, 255, shape=(render_size, render_size, 3), dtype=np.uint8)
         self.observation_space = spaces.Dict(obs)
         self.completed: list[str] = []
+        self.completed_at: list[int] = []  # the step at which each of `completed` was done
         self.steps = 0
 
     def get_state(self) -> np.ndarray:
@@ -70,7 +72,8 @@ class KitchenEnv(gym.Env):
 
     def _info(self) -> dict[str, Any]:
         done = len(self.completed)
-        return {"is_success": done == self.n_tasks, "num_completed": done, "completed": list(self.completed)}
+        return {"is_success": done == self.n_tasks, "num_completed": done, "completed": list(self.completed),
+                "completed_at": list(self.completed_at)}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """FrankaKitchen's fixed start (the seed drives its observation noise), or options={"state": ...}."""
@@ -80,13 +83,15 @@ class KitchenEnv(gym.Env):
         if state is not None:
             self.set_state(state)
             raw = self.kitchen._get_obs(self.kitchen.robot_env._get_obs())
-        self.completed, self.steps = [], 0
+        self.completed, self.completed_at, self.steps = [], [], 0
         return self._observe(raw), self._info()
 
     def step(self, action: np.ndarray):
         raw, _, terminated, _, info = self.kitchen.step(np.asarray(action, dtype=np.float64).reshape(9))
-        self.completed = list(info["episode_task_completions"])
         self.steps += 1
+        completed = list(info["episode_task_completions"])
+        self.completed_at += [self.steps] * (len(completed) - len(self.completed))
+        self.completed = completed
         info = self._info()
         return self._observe(raw), info["num_completed"] / self.n_tasks, bool(terminated), self.steps >= self.max_steps, info
 

@@ -101,6 +101,7 @@ class EnvRunner:
         done, success = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
         max_reward, completed = np.zeros(n), np.full(n, -1)
         orders: list[list[str] | None] = [None] * n  # info["completed"]: the tasks/pushes done, in order (multimodal tasks)
+        completed_at: list[list[int] | None] = [None] * n  # info["completed_at"]: the env step at which each was done
         while not done.all():
             begin = time.perf_counter()
             actions = policy.predict_action(obs, generator=noise)
@@ -115,6 +116,8 @@ class EnvRunner:
             if "completed" in info:
                 for i in np.flatnonzero(live):
                     orders[i] = list(info["completed"][i])
+                    if "completed_at" in info:
+                        completed_at[i] = [int(step) for step in info["completed_at"][i]]
             done |= terminated | truncated
         steps = vector.get_attr("steps")
         frames = vector.call("pop_frames") if any(record) else [[] for _ in range(n)]
@@ -125,6 +128,8 @@ class EnvRunner:
                 episode["num_completed"] = int(completed[i])
             if orders[i] is not None:
                 episode["order"] = orders[i]
+            if completed_at[i] is not None:
+                episode["completed_at"] = completed_at[i]
             episodes.append(episode)
         return episodes, list(frames[: len(seeds)])
 

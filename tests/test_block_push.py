@@ -24,7 +24,7 @@ def test_reset_step_contract():
     obs, info = env.reset(seed=3)
     assert set(obs) == {"block_poses", "effector_pos", "target_poses"}
     assert all(obs[k].dtype == np.float32 and obs[k] in env.observation_space[k] for k in obs)
-    assert info == {"is_success": False, "num_completed": 0, "completed": []}
+    assert info == {"is_success": False, "num_completed": 0, "completed": [], "completed_at": []}
     again, _ = env.reset(seed=3)
     assert all(np.array_equal(obs[k], again[k]) for k in obs)  # a seed fixes the layout
     start = obs["effector_pos"].copy()

@@ -26,7 +26,7 @@ def test_reset_step_contract(env):
     obs, info = env.reset(seed=0)
     assert {k: v.shape for k, v in obs.items()} == {"robot_qpos": (9,), "robot_qvel": (9,), "object_qpos": (21,)}
     assert all(v.dtype == np.float32 for v in obs.values())
-    assert info == {"is_success": False, "num_completed": 0, "completed": []}
+    assert info == {"is_success": False, "num_completed": 0, "completed": [], "completed_at": []}
     obs, reward, terminated, truncated, info = env.step(np.zeros(9))
     assert reward == 0.0 and not terminated and not truncated and info["num_completed"] == 0
 
@@ -40,6 +40,7 @@ def test_metric_on_hand_made_states(env):
         env.set_state(state)
         _, reward, terminated, _, info = env.step(np.zeros(9))
         assert info["num_completed"] == k and reward == k / 4 and info["completed"][-1] == task
+        assert info["completed_at"] == list(range(1, k + 1))  # one task done per step here
         assert terminated == info["is_success"] == (k == 4)
 
 

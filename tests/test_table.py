@@ -48,6 +48,8 @@ def test_runner_records_the_push_order_and_mode_shares_count_it():
         BlockPushEnv, n_obs_steps=1, n_action_steps=1, max_steps=350, n_rollouts=1, seed_start=seed, n_envs=1).run(policy)["episodes"]]
     assert all(e["success"] for e in episodes)
     assert [e["order"] for e in episodes] == policy.plans  # the env counted the pushes the expert made
+    for e in episodes:  # and the step of each push, within the episode
+        assert len(e["completed_at"]) == len(e["order"]) and 0 < e["completed_at"][0] < e["completed_at"][-1] <= e["steps"]
     shares = mode_shares(successful_orders(episodes))
     assert shares == {", ".join(plan): 0.5 for plan in policy.plans} and len(shares) == 2
     assert mode_cell(shares, sorted(shares) + ["block1->target0, block0->target1"], 2).startswith("2/3 [0.50 0.50 0.00] n=2")
