@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from drift_policy.drift import DriftConfig, compute_drift, drift_field, drift_loss
+from drift_policy.drift import DriftConfig, compute_drift, drift_field, drift_loss, sample_spread
 from drift_policy.drift.reference import reference_drift
 
 torch.manual_seed(0)
@@ -155,3 +155,16 @@ def test_group_weight_power_zero_is_the_unweighted_loss_and_out_of_range_is_refu
                                drift_loss(gen, pos).drift.pow(2).mean(dim=(1, 2)))
     with pytest.raises(ValueError, match="group_weight_power must be in"):
         DriftConfig(group_weight_power=-3.0)
+
+
+def test_sample_spread_ratio_is_one_for_one_distribution_below_for_a_collapsed_generator_above_for_a_wide_one():
+    torch.manual_seed(0)
+    gen, pos = torch.randn(256, 8, 5), torch.randn(256, 4, 5)
+    spread, to_pos = sample_spread(gen, pos)
+    assert abs(float(spread / to_pos) - 1) < 0.03
+    collapsed, _ = sample_spread(gen[:, :1].expand(-1, 8, -1), pos)  # every sample of a group the same chunk
+    assert float(collapsed / to_pos) < 0.01
+    wide, to_pos_wide = sample_spread(3 * gen, pos)  # N(0, 9) against N(0, 1): 3 sqrt(2) / sqrt(10) = 1.34 for normals
+    assert 1.2 < float(wide / to_pos_wide) < 1.5
+    with pytest.raises(ValueError, match="N >= 2"):
+        sample_spread(gen[:, :1], pos)

@@ -101,6 +101,7 @@ def test_drift_loss_is_finite_and_trains_only_what_it_should(dataset, batch):
         loss, info = policy.compute_loss(batch)
         loss.backward()
         assert torch.isfinite(loss) and "drift/scale" in info
+        assert info["drift/gen_spread"] > 0 and 0 < info["drift/spread_ratio"] < 10  # the calibration diagnostic is logged
         assert all(p.grad is not None for p in policy.model.parameters())
 
 

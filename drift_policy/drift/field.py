@@ -84,6 +84,18 @@ def pairwise_l2(x: Tensor, y: Tensor) -> Tensor:
     return sq.clamp_min(1e-8).sqrt()
 
 
+def sample_spread(gen: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean L2 distance between two generated samples of a group, mean distance from a generated sample to a positive),
+    averaged over groups; gen [G, N >= 2, D], pos [G, P, D]. For draws of one distribution the two are equal (ratio 1);
+    a generator that concentrates its samples (loses modes) has a ratio below 1. A training diagnostic, not a loss."""
+    n = gen.shape[1]
+    if n < 2:
+        raise ValueError(f"the spread of generated samples needs N >= 2 per group, got gen {tuple(gen.shape)}")
+    gen_gen = pairwise_l2(gen, gen)
+    off_diagonal = (gen_gen.sum((1, 2)) - gen_gen.diagonal(dim1=1, dim2=2).sum(1)) / (n * (n - 1))
+    return off_diagonal.mean(), pairwise_l2(gen, pos).mean()
+
+
 def _mean_over(t: Tensor, stats_over: StatsOver) -> Tensor:
     """Mean over all but the group dim ([G]), or over everything broadcast back to [G]."""
     per_group = t.flatten(1).mean(1)

@@ -7,7 +7,7 @@ from typing import Any, Literal, Mapping
 import torch
 from torch import Tensor
 
-from drift_policy.drift import DriftConfig, drift_loss
+from drift_policy.drift import DriftConfig, drift_loss, sample_spread
 from drift_policy.policies.base import Policy, PolicyConfig
 
 
@@ -78,6 +78,8 @@ class DriftPolicy(Policy):
             positives = torch.cat([positives, neighbors], dim=1)
         noise = torch.randn(b * g, t, da, device=cond.device) * self.noise_std
         gen = self.model(noise, cond.repeat_interleave(g, dim=0)).view(b, g, t, da)
+        with torch.no_grad():  # calibration: the chunks' spread against their distance to the demonstrated chunk (1 = calibrated)
+            spread, to_demo = sample_spread(gen.reshape(b, g, t * da), target.reshape(b, 1, t * da))
         p = positives.shape[1]
         if self.drift_on == "chunk":  # one group per observation, samples are whole chunks
             gen, pos = gen.reshape(b, g, t * da), positives.reshape(b, p, t * da)
@@ -85,4 +87,5 @@ class DriftPolicy(Policy):
             gen, pos = gen.permute(0, 2, 1, 3).reshape(b * t, g, da), positives.permute(0, 2, 1, 3).reshape(b * t, p, da)
         out = drift_loss(gen, pos, config=self.drift_config)
         info = {f"drift/{k}": float(v) for k, v in out.info.items()}
+        info.update({"drift/gen_spread": float(spread), "drift/spread_ratio": float(spread / to_demo.clamp_min(1e-8))})
         return out.loss, info
