@@ -87,7 +87,8 @@ def pairwise_l2(x: Tensor, y: Tensor) -> Tensor:
 def sample_spread(gen: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
     """(mean L2 distance between two generated samples of a group, mean distance from a generated sample to a positive),
     averaged over groups; gen [G, N >= 2, D], pos [G, P, D]. For draws of one distribution the two are equal (ratio 1);
-    a generator that concentrates its samples (loses modes) has a ratio below 1. A training diagnostic, not a loss."""
+    below 1 the generator concentrates its samples more than its error from the data warrants (a collapse, or a bias
+    its spread does not cover). A training diagnostic, not a loss: on Can the better policy had the lower ratio."""
     n = gen.shape[1]
     if n < 2:
         raise ValueError(f"the spread of generated samples needs N >= 2 per group, got gen {tuple(gen.shape)}")
