@@ -20,8 +20,8 @@ TASKS = ("microwave", "kettle", "light switch", "slide cabinet")
 class KitchenEnv(gym.Env):
     """Dict observations {"robot_qpos" [9], "robot_qvel" [9], "object_qpos" [21]} (FrankaKitchen's noisy
     readings), optionally "image" uint8 [H, W, 3] from its default camera; actions are its 9 joint
-    velocities in [-1, 1]. reward = tasks done / 4; info: is_success, num_completed, completed (in order) and completed_at (the step each
-    was done at: a policy too slow for the 280 steps tells apart from one that stops)."""
+    velocities in [-1, 1]. reward = tasks done / 4; info: is_success, num_completed, completed (in order) and
+    completed_at (the step of each: it tells a policy too slow for the 280 steps from one that stalls)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
     STATE_DIM = 30 + 29  # qpos, qvel

@@ -78,7 +78,7 @@ class DriftPolicy(Policy):
             positives = torch.cat([positives, neighbors], dim=1)
         noise = torch.randn(b * g, t, da, device=cond.device) * self.noise_std
         gen = self.model(noise, cond.repeat_interleave(g, dim=0)).view(b, g, t, da)
-        with torch.no_grad():  # calibration: the chunks' spread against their distance to the demonstrated chunk (1 = calibrated)
+        with torch.no_grad():  # calibration: the chunks' spread against their distance to the demo chunk (1 = calibrated)
             spread, to_demo = sample_spread(gen.reshape(b, g, t * da), target.reshape(b, 1, t * da))
         p = positives.shape[1]
         if self.drift_on == "chunk":  # one group per observation, samples are whole chunks
