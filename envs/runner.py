@@ -1,6 +1,7 @@
 """Vectorised evaluation rollouts with Diffusion Policy's and LeRobot's metrics, latency, videos and filmstrips."""
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,12 @@ class _MakeEnv:
 
     def __call__(self) -> gym.Env:
         return MultiStepWrapper(self.env_fn(), *self.args)
+
+
+def video_stem(episode: dict) -> str:
+    """seed<S>_<success|fail>_score<X>, the score cut (not rounded) to 2 decimals so a near miss never reads 1.00."""
+    outcome = "success" if episode["success"] else "fail"
+    return f"seed{episode['seed']}_{outcome}_score{math.floor(episode['max_reward'] * 100) / 100:.2f}"
 
 
 class EnvRunner:
@@ -136,8 +143,7 @@ class EnvRunner:
     def _write_video(self, frames: list[np.ndarray], episode: dict) -> tuple[str, str]:
         """The episode's MP4 and its filmstrip PNG of the same stem; returns both paths."""
         self.video_dir.mkdir(parents=True, exist_ok=True)
-        outcome = "success" if episode["success"] else "fail"
-        path = self.video_dir / f"seed{episode['seed']}_{outcome}_score{episode['max_reward']:.2f}.mp4"
+        path = self.video_dir / f"{video_stem(episode)}.mp4"
         imageio.mimwrite(path, frames, fps=self.fps, macro_block_size=1)
         strip = path.with_suffix(".png")
         imageio.imwrite(strip, filmstrip(frames))

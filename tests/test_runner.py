@@ -10,7 +10,7 @@ import zarr
 
 from drift_policy.envs.multistep import MultiStepWrapper
 from drift_policy.envs.pusht import make_pusht_env
-from drift_policy.envs.runner import EnvRunner, filmstrip
+from drift_policy.envs.runner import EnvRunner, filmstrip, video_stem
 
 PUSHT = Path(__file__).resolve().parents[1] / "data/pusht/pusht_cchi_v7_replay.zarr"
 DEMOS = {0: 51, 1: 205}  # seed -> demo: 51 (73 steps) ends at coverage 0.9531 (success); 205 (49 steps) at 0.9096
@@ -198,3 +198,9 @@ def test_standard_errors_and_stage_rates_of_episode_metrics():
     assert m["mean_score"] == pytest.approx(0.5) and m["mean_score_se"] == pytest.approx(0.5 / np.sqrt(3))
     assert m["success_rate"] == pytest.approx(1 / 3) and m["success_rate_se"] == pytest.approx(np.std([1, 0, 0], ddof=1) / np.sqrt(3))
     assert m["p1"] == pytest.approx(2 / 3) and m["p2"] == pytest.approx(1 / 3) and "p3" not in m
+
+
+def test_a_near_miss_video_is_not_named_as_a_perfect_score():
+    # Push-T reward 0.9996 is coverage 0.9496 < 0.95: a failure, which rounding to 2 decimals would call score1.00
+    assert video_stem({"seed": 100000, "success": False, "max_reward": 0.9996}) == "seed100000_fail_score0.99"
+    assert video_stem({"seed": 7, "success": True, "max_reward": 1.0}) == "seed7_success_score1.00"
