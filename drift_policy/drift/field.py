@@ -46,6 +46,11 @@ class DriftConfig:
     # what keeps the spread in check: Can at 15 CPU-minutes, 100 episodes, p=1 0.55 and p=2 0.00 (its scale s grew
     # from 3 to 89) against 0.77 at p=0 (bench/README.md).
     group_weight_power: float = 0.0
+    # Floor of a group's input scale s / sqrt(D) (the paper's 1e-3 only guards the division). As p=0 pulls a group
+    # harder the nearer its samples are to their positives, a policy with one positive per group ends up fitting
+    # its training chunks ever more tightly (bench/README.md, fit_gap); a floor in data units caps that pull for
+    # groups already within it, leaving the kernel, V and every group farther out as they are.
+    min_scale: float = 1e-3
 
     def __post_init__(self) -> None:
         if len(self.temperatures) == 0 or min(self.temperatures) <= 0:
@@ -56,6 +61,8 @@ class DriftConfig:
             raise ValueError(f"stats_over must be 'group' or 'batch', got {self.stats_over!r}")
         if not -2 <= self.group_weight_power <= 4:
             raise ValueError(f"group_weight_power must be in [-2, 4] (0: the paper's loss per group), got {self.group_weight_power}")
+        if not self.min_scale > 0:
+            raise ValueError(f"min_scale must be positive (1e-3: the paper's guard; data units per dimension), got {self.min_scale}")
 
 
 @dataclass
@@ -129,7 +136,7 @@ def drift_field(
     # Global distance scale over every x->target pair, self pairs (~0) included.
     dist = pairwise_l2(x, targets)  # [G, N, T]
     s = _mean_over(dist * weights[:, None, :], config.stats_over) / _mean_over(weights, config.stats_over)  # [G]
-    input_scale = (s / d**0.5).clamp_min(1e-3)  # mean distance of scaled inputs becomes sqrt(D)
+    input_scale = (s / d**0.5).clamp_min(config.min_scale)  # mean distance of scaled inputs becomes sqrt(D)
     dist = dist / s.clamp_min(1e-3)[:, None, None]  # normalised mean distance 1
     if self_negatives:
         dist[:, :, :n] += SELF_MASK_DISTANCE * torch.eye(n, dtype=dtype, device=x.device)

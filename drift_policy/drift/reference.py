@@ -50,7 +50,7 @@ def reference_drift(
     forces = torch.zeros(len(config.temperatures), g_count, n, d, dtype=torch.float64)
     for g in all_groups:
         targets, weights, dist = terms[g]
-        in_scale = max(scales[g] / math.sqrt(d), 1e-3)
+        in_scale = max(scales[g] / math.sqrt(d), config.min_scale)
         norm = [[dist[i][j] / max(scales[g], 1e-3) + (SELF_MASK_DISTANCE if j == i else 0.0)
                  for j in range(len(targets))] for i in range(n)]
         for k, tau in enumerate(config.temperatures):
