@@ -9,6 +9,7 @@ reports the mean squared error to the demonstrated chunk in env units (Push-T: p
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,13 @@ def main() -> None:
     parser.add_argument("policies", nargs="+", type=Path, help="saved policy directories")
     parser.add_argument("--windows", type=int, default=512, help="training windows drawn (validation: all)")
     args = parser.parse_args()
-    rows = []
+    rows, datasets = [], {}
     for path in args.policies:
         policy = Policy.from_pretrained(path).eval()
-        train = build_dataset(OmegaConf.create(policy.config.task))
+        task = json.dumps(policy.config.task, sort_keys=True)  # a run's snapshots share one task: load its data once
+        if task not in datasets:
+            datasets[task] = build_dataset(OmegaConf.create(policy.config.task))
+        train = datasets[task]
         val = train.val_split()
         if len(val) == 0:
             raise SystemExit(f"{path}: its task has no validation episodes (val_ratio 0); nothing to compare against")

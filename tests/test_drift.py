@@ -133,44 +133,36 @@ def test_config_validation():
         DriftConfig(temperatures=())
 
 
+def zoomed_grads(zoom: float, config: DriftConfig) -> torch.Tensor:
+    """Gradient of the drift loss on two fixed groups of 6 samples (3 positives, D=5), group 0 zoomed by `zoom`."""
+    torch.manual_seed(0)
+    gen, pos = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
+    gen[0], pos[0] = gen[0] * zoom, pos[0] * zoom
+    gen.requires_grad_(True)
+    drift_loss(gen, pos, config=config).loss.backward()
+    return gen.grad
+
+
+def zoomed_grad_ratio(zoom: float, config: DriftConfig) -> float:
+    """|grad of group 0| / |grad of group 1| with group 0 zoomed by `zoom`."""
+    g = zoomed_grads(zoom, config)
+    return float(g[0].norm() / g[1].norm())
+
+
 @pytest.mark.parametrize("power", [-1.0, 0.0, 1.0, 2.0])
 def test_group_weight_power_sets_how_a_groups_raw_gradient_scales_with_its_spread(power):
     # V is scale-free per group, so zooming one group by c scales its raw-unit gradient by c^(power - 1)
     # relative to an untouched group: 1/c by default, c at power 2 (as with one scale for the whole batch).
-    torch.manual_seed(0)
-    gen, pos = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
     config = DriftConfig(group_weight_power=power)
-
-    def grad_ratio(zoom: float) -> float:
-        g, p = gen.clone(), pos.clone()
-        g[0], p[0] = g[0] * zoom, p[0] * zoom
-        g.requires_grad_(True)
-        drift_loss(g, p, config=config).loss.backward()
-        return float(g.grad[0].norm() / g.grad[1].norm())
-
-    assert grad_ratio(10.0) / grad_ratio(1.0) == pytest.approx(10.0 ** (power - 1), rel=1e-4)  # the 1e-8 distance clamp
+    assert zoomed_grad_ratio(10.0, config) / zoomed_grad_ratio(1.0, config) == pytest.approx(10.0 ** (power - 1), rel=1e-4)  # the 1e-8 distance clamp
 
 
 def test_min_scale_stops_a_tight_group_from_pulling_harder_and_leaves_wider_groups_alone():
     # By default a group's raw gradient grows as 1/c when it is zoomed by c; below the floor it stays put.
-    torch.manual_seed(0)
-    gen, pos = torch.randn(2, 6, 5, dtype=torch.float64), torch.randn(2, 3, 5, dtype=torch.float64)
-
-    def grads(zoom: float, config: DriftConfig) -> torch.Tensor:
-        g, p = gen.clone(), pos.clone()
-        g[0], p[0] = g[0] * zoom, p[0] * zoom
-        g.requires_grad_(True)
-        drift_loss(g, p, config=config).loss.backward()
-        return g.grad
-
-    def grad_ratio(zoom: float, config: DriftConfig) -> float:
-        g = grads(zoom, config)
-        return float(g[0].norm() / g[1].norm())
-
     paper, floored = DriftConfig(), DriftConfig(min_scale=0.5)  # group 1's s / sqrt(D) is ~1.4; group 0's 0.14 and 0.014
-    assert grad_ratio(0.01, paper) / grad_ratio(0.1, paper) == pytest.approx(10.0, rel=1e-3)
-    assert grad_ratio(0.01, floored) / grad_ratio(0.1, floored) == pytest.approx(1.0, rel=1e-3)
-    torch.testing.assert_close(grads(1.0, floored), grads(1.0, paper))  # no group below the floor: the paper's loss
+    assert zoomed_grad_ratio(0.01, paper) / zoomed_grad_ratio(0.1, paper) == pytest.approx(10.0, rel=1e-3)
+    assert zoomed_grad_ratio(0.01, floored) / zoomed_grad_ratio(0.1, floored) == pytest.approx(1.0, rel=1e-3)
+    torch.testing.assert_close(zoomed_grads(1.0, floored), zoomed_grads(1.0, paper))  # no group below the floor: the paper's loss
     with pytest.raises(ValueError, match="min_scale must be positive"):
         DriftConfig(min_scale=0.0)
 
