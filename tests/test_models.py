@@ -199,6 +199,23 @@ def test_pretrained_path_errors(tmp_path):
         ObsEncoder(IMAGE_META, 2, pretrained_path=str(tmp_path / "missing.pt"), **SMALL)
 
 
+def test_fewer_stages_end_the_resnet_early_and_load_a_deeper_ones_weights(tmp_path, pusht_obs):
+    deep = ObsEncoder(IMAGE_META, 2, crop_shape=(76, 76), **SMALL).rgb_models["image"].backbone
+    save_file(deep.state_dict(), tmp_path / "resnet.safetensors")
+    shallow = ObsEncoder(IMAGE_META, 2, crop_shape=(76, 76), pretrained_path=str(tmp_path / "resnet.safetensors"),
+                         **{**SMALL, "layers": (1, 1, 1)})
+    backbone = shallow.rgb_models["image"].backbone
+    assert [name for name, _ in backbone.named_children()][-1] == "layer3" and shallow.output_dim == 2 * (2 + 16)
+    images = pusht_obs["image"][:, 0, :76, :76].permute(0, 3, 1, 2).float() / 255
+    features = backbone(images)
+    assert features.shape == (4, 256, 5, 5)  # 1/16 of the crop, where the 4-stage network gives 512 x 3 x 3
+    torch.testing.assert_close(features, deep[:-1](images), rtol=0, atol=0)  # the deeper ResNet's first 3 stages
+    assert shallow(pusht_obs).shape == (4, shallow.output_dim)
+    for layers in [(), (1, 1, 1, 1, 1), (1, 0, 1)]:
+        with pytest.raises(ValueError, match=r"obs_encoder.layers must give 1-4 ResNet stages"):
+            ObsEncoder(IMAGE_META, 2, **{**SMALL, "layers": layers})
+
+
 def test_gradients_reach_the_resnet(pusht_obs):
     enc = ObsEncoder(IMAGE_META, n_obs_steps=2, **SMALL)
     enc(pusht_obs).square().sum().backward()

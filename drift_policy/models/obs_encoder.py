@@ -34,14 +34,21 @@ class SpatialSoftmax(nn.Module):
 def resnet_backbone(layers: Sequence[int]) -> nn.Sequential:
     """torchvision ResNet(BasicBlock, layers) with GroupNorm (channels // 16 groups) and no avgpool/fc.
 
-    The submodule names are torchvision's, so its state dict keys are a ResNet's minus `fc.*`.
+    `layers` gives the blocks of the first 1-4 stages; fewer than 4 ends the network early (e.g. [1, 1, 1]: a
+    256-channel map at 1/16 of the crop, for a cheaper step and finer keypoints). The submodule names are
+    torchvision's, so its state dict keys are a ResNet's minus `fc.*` and the stages left out.
     """
-    resnet = ResNet(BasicBlock, list(layers), norm_layer=lambda channels: nn.GroupNorm(channels // 16, channels))
-    return nn.Sequential(OrderedDict((name, m) for name, m in resnet.named_children() if name not in ("avgpool", "fc")))
+    if not 1 <= len(layers) <= 4 or any(int(n) < 1 for n in layers):
+        raise ValueError(f"obs_encoder.layers must give 1-4 ResNet stages of >= 1 block each, got {list(layers)}")
+    stages = [*layers, *[1] * (4 - len(layers))]
+    resnet = ResNet(BasicBlock, stages, norm_layer=lambda channels: nn.GroupNorm(channels // 16, channels))
+    kept = {"conv1", "bn1", "relu", "maxpool", *(f"layer{i + 1}" for i in range(len(layers)))}
+    return nn.Sequential(OrderedDict((name, m) for name, m in resnet.named_children() if name in kept))
 
 
 def load_backbone_weights(backbone: nn.Sequential, path: str | Path, layers: Sequence[int]) -> None:
-    """Strictly load a ResNet state dict (.safetensors or a torch.save file) into `backbone`; `fc.*` entries are ignored."""
+    """Strictly load a ResNet state dict (.safetensors or a torch.save file) into `backbone`; `fc.*` entries and
+    stages the backbone leaves out are ignored."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained_path {path} does not exist; pass a saved ResNet state dict or None")
@@ -49,7 +56,8 @@ def load_backbone_weights(backbone: nn.Sequential, path: str | Path, layers: Seq
     if not isinstance(state, Mapping):
         raise ValueError(f"pretrained_path {path} holds a {type(state).__name__}, not a state dict; save model.state_dict()")
     try:
-        backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
+        kept = {name for name, _ in backbone.named_children()}
+        backbone.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in kept}, strict=True)
     except RuntimeError as err:
         raise ValueError(f"pretrained_path {path} does not fit ResNet(BasicBlock, {list(layers)}) with GroupNorm "
                          f"(BatchNorm weights, e.g. torchvision's ImageNet ones, do not): {err}") from None
