@@ -254,8 +254,9 @@ def test_mlp_backbone_trains_and_predicts(dataset, batch, kind):
 
 
 def test_obs_noise_perturbs_low_dim_observations_in_training_only(dataset, batch):
-    """+policy.obs_noise_std=S: noise of std S on the normalised low-dim values while training; evaluation is clean."""
-    policy = _policy(dataset, "+policy.obs_noise_std=0.05")
+    """+policy.obs_encoder.low_dim_noise_std=S: noise of std S on the normalised low-dim values while training;
+    evaluation is clean."""
+    policy = _policy(dataset, "+policy.obs_encoder.low_dim_noise_std=0.05")
     clean = _policy(dataset).obs_encoder(policy.normalizer.normalize_dict(batch["obs"]))
     torch.testing.assert_close(policy.encode(batch["obs"]), clean)  # eval mode: no noise
     policy.train()
@@ -263,8 +264,8 @@ def test_obs_noise_perturbs_low_dim_observations_in_training_only(dataset, batch
     noise = policy.encode(batch["obs"]) - clean
     assert 0.03 < float(noise.std()) < 0.07  # Push-T's low-dim observations are the encoder's features as they are
     assert (policy.encode(batch["obs"]) - clean - noise).abs().max() > 1e-3  # new noise every call
-    with pytest.raises(Exception, match=r"obs_noise_std must be >= 0 \(0: no observation noise\), got -0.1"):
-        _policy(dataset, "+policy.obs_noise_std=-0.1")
+    with pytest.raises(Exception, match=r"low_dim_noise_std must be >= 0 \(0: no observation noise\), got -0.1"):
+        _policy(dataset, "+policy.obs_encoder.low_dim_noise_std=-0.1")
 
 
 def test_unknown_backbone_is_refused_naming_the_choices(dataset):
@@ -277,7 +278,7 @@ def test_unknown_backbone_is_refused_naming_the_choices(dataset):
 NON_DEFAULT = {
     "n_obs_steps": 3, "horizon": 8, "n_action_steps": 4, "unet": {"down_dims": [8, 16], "kernel_size": 3},
     "backbone": "mlp", "mlp": {"hidden_dim": 32, "n_blocks": 1, "time_embed_dim": 16},  # builds the MLP (unet unused)
-    "obs_encoder": {"feature_dim": 8}, "obs_noise_std": 0.02, "task": {"name": "push_t", "max_steps": 16},
+    "obs_encoder": {"feature_dim": 8}, "task": {"name": "push_t", "max_steps": 16},
     "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "sample_noise_scale": 0.7, "extra_positives": 2,
     "drift": {"temperatures": [0.1, 0.3], "kernel_norm": "targets", "normalize_drift": False, "attraction": 1.5,
               "repulsion": 0.5, "stats_over": "batch", "group_weight_power": 2.0},

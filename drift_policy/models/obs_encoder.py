@@ -84,15 +84,19 @@ class RgbEncoder(nn.Module):
 class ObsEncoder(nn.Module):
     """Observation dict {key: [B, To, ...]} -> features [B, To * per_step_dim] (`output_dim`).
 
-    Low-dim values (normalised float) are concatenated; each rgb key (uint8 [B, To, H, W, 3]) is cropped
+    Low-dim values (normalised float) are concatenated, in training with Gaussian noise of std low_dim_noise_std
+    (0: none; like the random crop, it shows the policy states beside the demos'); each rgb key (uint8 [B, To, H, W, 3]) is cropped
     (random per frame in training, center in eval), scaled to [0, 1] and encoded by its own ResNet, or by
     one shared ResNet with share_rgb_model=True. Keys are laid out in sorted order, per observation step.
     """
 
     def __init__(self, shape_meta_obs: Mapping[str, Any], n_obs_steps: int, crop_shape: Sequence[int] | None = (84, 84),
                  layers: Sequence[int] = (2, 2, 2, 2), num_keypoints: int = 32, feature_dim: int = 64,
-                 pretrained_path: str | None = None, share_rgb_model: bool = False) -> None:
+                 pretrained_path: str | None = None, share_rgb_model: bool = False, low_dim_noise_std: float = 0.0) -> None:
         super().__init__()
+        if not low_dim_noise_std >= 0:
+            raise ValueError(f"low_dim_noise_std must be >= 0 (0: no observation noise), got {low_dim_noise_std}")
+        self.low_dim_noise_std = low_dim_noise_std
         if not shape_meta_obs:
             raise ValueError("shape_meta_obs is empty; give at least one observation key with its shape and type")
         self.n_obs_steps = n_obs_steps
@@ -128,6 +132,8 @@ class ObsEncoder(nn.Module):
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
         check_layout(obs, self.obs_meta, self.n_obs_steps, batched_only=True)
         features = {key: obs[key].flatten(2) for key in self.shapes if key not in self.rgb_keys}
+        if self.training and self.low_dim_noise_std:
+            features = {key: value + self.low_dim_noise_std * torch.randn_like(value) for key, value in features.items()}
         for name, keys in self.camera_groups.items():
             frames = torch.cat([self._crop(obs[key].flatten(0, 1)) for key in keys])  # uint8 [cams * B * To, h, w, 3]
             # One uint8 -> [0, 1] conversion for the whole batch; the NHWC strides are kept (channels_last runs faster on CPU).

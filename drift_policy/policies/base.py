@@ -44,9 +44,6 @@ class PolicyConfig:
     unet: dict[str, Any] = field(default_factory=dict)  # ConditionalUnet1D's down_dims, kernel_size, n_groups, time_embed_dim
     mlp: dict[str, Any] = field(default_factory=dict)  # ChunkMLP's hidden_dim, n_blocks, time_embed_dim (backbone=mlp)
     obs_encoder: dict[str, Any] = field(default_factory=dict)  # ObsEncoder's crop_shape, layers, num_keypoints, ...
-    # std of Gaussian noise on the normalised low-dim observations in training (0: none), so the policy also learns
-    # states beside the demos'; set with +policy.obs_noise_std=S (a regulariser to screen, bench/README.md)
-    obs_noise_std: float = 0.0
     task: dict[str, Any] = field(default_factory=dict)  # the task config (env, max_steps, ...), for evaluation
 
     def __post_init__(self) -> None:
@@ -55,8 +52,6 @@ class PolicyConfig:
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {list(BACKBONES)} (settings in policy.unet or policy.mlp), "
                              f"got {self.backbone!r}")
-        if not self.obs_noise_std >= 0:
-            raise ValueError(f"obs_noise_std must be >= 0 (0: no observation noise), got {self.obs_noise_std}")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
             raise ValueError(f"n_obs_steps - 1 + n_action_steps must fit in the horizon, got {self.n_obs_steps}, "
                              f"{self.n_action_steps}, {self.horizon}")
@@ -143,13 +138,8 @@ class Policy(nn.Module):
         return torch.stack(draws, dim=1) if len(draws) > 1 else draws[0][:, None]
 
     def encode(self, obs: Mapping[str, Tensor]) -> Tensor:
-        """Normalise low-dim observations and encode the history to conditioning features [B, C]; in training mode
-        the low-dim values get config.obs_noise_std Gaussian noise after normalising."""
-        normalized = self.normalizer.normalize_dict(obs)
-        if self.training and self.config.obs_noise_std:
-            normalized = {k: v + self.config.obs_noise_std * torch.randn_like(v) if v.is_floating_point() else v
-                          for k, v in normalized.items()}
-        return self.obs_encoder(normalized)
+        """Normalise low-dim observations and encode the history to conditioning features [B, C]."""
+        return self.obs_encoder(self.normalizer.normalize_dict(obs))
 
     def generate(self, obs: Mapping[str, Tensor], noise: Tensor) -> Tensor:
         """Action chunks [B, T, Da] in env units for observation tensors {key: [B, To, ...]} and noise
