@@ -6,7 +6,7 @@
 
 Each arm trains for --minutes (the LR schedule ends with the budget), then runs --rollouts episodes from
 seed 100000 (the first 50 are Diffusion Policy's test seeds, reported as a subset too). Prints one markdown
-table of mean ± standard error and writes bench/results/<name>.{md,json}. Resumable: an arm whose result
+table of mean ± standard error, then each arm's per-seed difference from the first arm, and writes bench/results/<name>.{md,json}. Resumable: an arm whose result
 is already in <name>.json with the same resolved config, budget and rollouts is not run again; a killed arm resumes its
 training from the last checkpoint (clock and LR schedule kept) and re-runs only the evaluations it had not finished.
 Run it alone (`flock /tmp/cpu.lock chrt -f 10 python bench/compare.py ...`): the budget is wall-clock.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from drift_policy.budget import DEFAULT_ARMS, arm_config, arm_run_dir, parse_arm, run_arm
 from drift_policy.cli import non_negative_int, positive_float, positive_int
-from drift_policy.evaluation import markdown_table
+from drift_policy.evaluation import markdown_table, paired_difference
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,8 +65,21 @@ def main() -> None:
     table = markdown_table([done["arms"][name]["row"] for name, _ in arms])
     header = (f"{args.task}, {args.minutes:g} min of training per arm on {args.device}, {args.rollouts} episodes from seed 100000 "
               f"(mean ± standard error), {done['date']}")
-    print(header + "\n\n" + table)
-    out.with_suffix(".md").write_text(header + "\n\n" + table + "\n")
+    report = header + "\n\n" + table + "\n"
+    if len(arms) > 1:
+        report += (f"\nPaired against {arms[0][0]} (mean ± standard error of the per-seed difference):\n\n"
+                   + markdown_table(paired_rows([(name, done["arms"][name]) for name, _ in arms])) + "\n")
+    print(report)
+    out.with_suffix(".md").write_text(report)
+
+
+def paired_rows(arms: list[tuple[str, dict]]) -> list[dict[str, str]]:
+    """One row per arm after the first: each metric's per-seed difference from the first arm, mean ± standard error."""
+    (base_name, base), *others = arms
+    diffs = [(name, paired_difference(arm["episodes"], base["episodes"])) for name, arm in others]
+    metrics = sorted({k for _, d in diffs for k in d if not k.endswith("_se")}, key=lambda k: (k.startswith("p"), k))
+    return [{"arm": f"{name} - {base_name}", **{k: f"{d[k]:+.3f} ± {d[k + '_se']:.3f}" if k in d else "—" for k in metrics}}
+            for name, d in diffs]
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # the evaluation records videos of Mu
 from drift_policy.budget import DEFAULT_ARMS, arm_config, arm_run_dir, parse_arm, run_arm  # noqa: E402
 from drift_policy.cli import non_negative_int, positive_float, positive_int  # noqa: E402
 from drift_policy.demos.generate import ensure_demonstrations  # noqa: E402
-from drift_policy.evaluation import markdown_table, mode_shares, successful_orders  # noqa: E402
+from drift_policy.evaluation import markdown_table, mode_shares, paired_difference, successful_orders  # noqa: E402
 from drift_policy.tasks import Task, load_task  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -165,6 +165,7 @@ def table_rows(done: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, s
                     cells.append(f"{ARM_LABELS[arm]} {mode_cell(mode_shares(orders) if orders else {}, modes, len(orders))}")
             modes_col = "; ".join(cells)
             legend.append(f"{name} modes, in cell order: " + " | ".join(modes or ["(none recorded)"]))
+        paired = _paired(measured)
         for i, metric in enumerate(task.metrics):
             row = {"task": name, "obs": task.paper["obs"], "metric": metric, "paper DP": _paper(task.paper["dp"][i]),
                    "paper Drift": _paper(task.paper["drift"][i])}
@@ -172,6 +173,8 @@ def table_rows(done: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, s
                 row.update({"DP (ours)": f"not run: {entry['unavailable']}", "Drift (ours)": "—"})
             else:
                 row.update({f"{ARM_LABELS[a]} (ours)": _pm(measured[a]["result"], metric) if measured[a] else "pending" for a in arms})
+            row["Drift - DP (paired)"] = ("—" if paired is None or "unavailable" in entry
+                                          else "+0.000 ± 0.000" if metric not in paired else f"{paired[metric]:+.3f} ± {paired[metric + '_se']:.3f}")
             last = i == len(task.metrics) - 1 and "unavailable" not in entry
             row["mode balance (successes)"] = modes_col if last else ""
             row["steps DP / Drift"] = both(lambda m: str(m["train"]["steps"])) if last else ""
@@ -187,6 +190,16 @@ def table_rows(done: dict[str, Any], tasks: list[str]) -> tuple[list[dict[str, s
             legend.append(f"{name}: its arms trained on machines of different speed (reference step {min(speeds):.0f}-"
                           f"{max(speeds):.0f} ms), so equal minutes were not equal compute: compare its steps, or re-run an arm")
     return rows, legend
+
+
+def _paired(measured: dict[str, Any]) -> dict[str, float] | None:
+    """Drift minus DP seed by seed (mean and standard error per metric), None unless both ran on the same seeds."""
+    if not (measured["drift"] and measured["diffusion"]):
+        return None
+    try:
+        return paired_difference(measured["drift"]["episodes"], measured["diffusion"]["episodes"])
+    except ValueError:
+        return None
 
 
 def _network(measured: dict[str, Any]) -> str:

@@ -202,15 +202,41 @@ def _raise_if_a_worker_died(vector: gym.vector.AsyncVectorEnv, env_seeds: list[i
                                 f"re-running it repeats the same episodes: check that seed's env for a crash, or the machine's memory")
 
 
-def episode_metrics(episodes: list[dict]) -> dict[str, float]:
-    """mean_score (Diffusion Policy's), success_rate (LeRobot's) and p1..pK for multi-stage tasks (share of
-    episodes completing >= k tasks), each with its standard error (`<name>_se`: sample std / sqrt(n))."""
-    columns = {"mean_score": [e["max_reward"] for e in episodes], "success_rate": [float(e["success"]) for e in episodes]}
-    completed = [e["num_completed"] for e in episodes if "num_completed" in e]
-    for k in range(1, max(completed, default=0) + 1):
-        columns[f"p{k}"] = [float(c >= k) for c in completed]
+def metric_columns(episodes: list[dict], stages: int | None = None) -> dict[str, np.ndarray]:
+    """Each metric's per-episode values: max_reward as mean_score, success as success_rate and, for multi-stage
+    tasks, p1..p<stages> (completed >= k tasks; stages defaults to the most any episode completed)."""
+    columns = {"mean_score": np.array([e["max_reward"] for e in episodes], dtype=float),
+               "success_rate": np.array([float(e["success"]) for e in episodes])}
+    completed = np.array([e["num_completed"] for e in episodes if "num_completed" in e], dtype=int)
+    top = int(completed.max(initial=0)) if stages is None else stages
+    for k in range(1, top + 1):
+        columns[f"p{k}"] = (completed >= k).astype(float)
+    return columns
+
+
+def _mean_and_se(columns: dict[str, np.ndarray]) -> dict[str, float]:
     result: dict[str, float] = {}
     for name, values in columns.items():
         result[name] = float(np.mean(values))
         result[f"{name}_se"] = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
     return result
+
+
+def episode_metrics(episodes: list[dict]) -> dict[str, float]:
+    """mean_score (Diffusion Policy's), success_rate (LeRobot's) and p1..pK for multi-stage tasks (share of
+    episodes completing >= k tasks), each with its standard error (`<name>_se`: sample std / sqrt(n))."""
+    return _mean_and_se(metric_columns(episodes))
+
+
+def paired_difference(episodes: list[dict], baseline: list[dict]) -> dict[str, float]:
+    """Each metric's mean per-seed difference `episodes - baseline` with its standard error. Two policies run on the
+    same seeds share each initial state's difficulty, so the paired error is the one to judge a gap by (Push-T's
+    2026-12-07 regulariser screen: 0.014-0.016 mean_score against 0.023 for the two standard errors combined)."""
+    by_seed = {e["seed"]: e for e in baseline}
+    if not baseline or len(by_seed) != len(baseline) or sorted(by_seed) != sorted(e["seed"] for e in episodes):
+        raise ValueError("a paired difference needs episodes of both runs on the same seeds, each seed once: evaluate them with the same "
+                         "--rollouts and --seed-start")
+    stages = max((e.get("num_completed", 0) for e in [*episodes, *baseline]), default=0)
+    ours = metric_columns(episodes, stages)
+    theirs = metric_columns([by_seed[e["seed"]] for e in episodes], stages)
+    return _mean_and_se({name: ours[name] - theirs[name] for name in ours})

@@ -204,3 +204,21 @@ def test_a_near_miss_video_is_not_named_as_a_perfect_score():
     # Push-T reward 0.9996 is coverage 0.9496 < 0.95: a failure, which rounding to 2 decimals would call score1.00
     assert video_stem({"seed": 100000, "success": False, "max_reward": 0.9996}) == "seed100000_fail_score0.99"
     assert video_stem({"seed": 7, "success": True, "max_reward": 1.0}) == "seed7_success_score1.00"
+
+
+def test_paired_difference_matches_seeds_and_shares_their_difficulty():
+    from drift_policy.envs.runner import paired_difference
+
+    def episodes(rewards, seeds, completed):
+        return [{"seed": s, "max_reward": r, "success": r == 1.0, "num_completed": c} for r, s, c in zip(rewards, seeds, completed)]
+
+    base = episodes([0.2, 0.9, 1.0, 0.4], [7, 8, 9, 10], [0, 1, 1, 0])
+    # the same per-seed gains, listed in another order: matched by seed, not by position
+    ours = episodes([1.0, 0.5, 1.0, 0.3], [9, 10, 8, 7], [2, 1, 2, 1])
+    d = paired_difference(ours, base)
+    gains = np.array([0.1, 0.1, 0.0, 0.1])  # seeds 7, 8, 9, 10
+    assert d["mean_score"] == pytest.approx(gains.mean()) and d["mean_score_se"] == pytest.approx(np.std(gains, ddof=1) / 2)
+    assert d["success_rate"] == pytest.approx(0.25)  # seed 8 becomes a success
+    assert d["p1"] == pytest.approx(0.5) and d["p2"] == pytest.approx(0.5)  # stages up to the most either run completed
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference(ours[:3], base)

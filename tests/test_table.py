@@ -104,9 +104,10 @@ def test_table_puts_paper_and_ours_side_by_side_and_shows_a_collapsed_mode():
     p2 = next(line for line in lines if "| p2 |" in line)
     cells = [c.strip() for c in p2.strip("|").split("|")]
     assert cells[:7] == ["block_push", "state", "p2", "0.11", "0.16", "0.200 ± 0.040", "0.300 ± 0.040"]
-    assert "demos 2/2 [0.50 0.50] n=1000" in cells[7] and "DP 2/2 [0.50 0.50] n=2" in cells[7] and "Drift 1/2 [1.00 0.00] n=3" in cells[7]
+    assert cells[7] == "—"  # the arms ran different seeds: no paired difference
+    assert "demos 2/2 [0.50 0.50] n=1000" in cells[8] and "DP 2/2 [0.50 0.50] n=2" in cells[8] and "Drift 1/2 [1.00 0.00] n=3" in cells[8]
     # the network each arm trained (a task's own policy file may change drift's), then speeds: "?" for records before them
-    assert cells[8:] == ["1200 / 1200", "30 / 30", "100 / 1", "U-Net / MLP, G=8", "3.14 / 3.14", "? / ?", "1000"]
+    assert cells[9:] == ["1200 / 1200", "30 / 30", "100 / 1", "U-Net / MLP, G=8", "3.14 / 3.14", "? / ?", "1000"]
     assert "| p1 | 0.36 | 0.56 | 0.400 ± 0.050 | 0.600 ± 0.050 |" in text
     assert "| tool_hang | state | success_rate | 0.30 | 0.38 | not run: tool_hang: cannot make its demonstrations" in text
     assert f"block_push modes, in cell order: {a} | {b}" in text
@@ -126,3 +127,17 @@ def test_a_row_whose_arms_ran_on_machines_of_different_speed_is_flagged():
     assert "| 50 / 52,56 |" in text and "machines of different speed" not in text
     arms["drift"]["train"]["reference_step_ms"] = [90.0]
     assert "block_push: its arms trained on machines of different speed (reference step 50-90 ms)" in format_table(done, ["block_push"])
+
+
+def test_table_pairs_drift_and_dp_seed_by_seed_on_the_measured_table():
+    import json
+
+    done = json.loads((Path(__file__).resolve().parents[1] / "bench" / "measured" / "table.json").read_text())
+    arms = done["tasks"]["push_t"]["arms"]
+    row = next(line for line in format_table(done, ["push_t"]).splitlines() if "| mean_score |" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    mean, se = (float(v) for v in cells[7].split(" ± "))
+    # the mean of per-seed differences is the difference of the means; the pairing only changes the error
+    assert mean == pytest.approx(arms["drift"]["result"]["mean_score"] - arms["diffusion"]["result"]["mean_score"], abs=1e-3)
+    combined = np.hypot(arms["drift"]["result"]["mean_score_se"], arms["diffusion"]["result"]["mean_score_se"])
+    assert 0 < se < combined  # the 200 shared initial states carry part of each arm's spread
