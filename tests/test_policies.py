@@ -268,6 +268,23 @@ def test_obs_noise_perturbs_low_dim_observations_in_training_only(dataset, batch
         _policy(dataset, "+policy.obs_encoder.low_dim_noise_std=-0.1")
 
 
+def test_history_dropout_shows_a_still_history_in_training_only(dataset):
+    """+policy.obs_encoder.history_dropout=P: with probability P a training sample's earlier observation steps become
+    its latest one (a still history); evaluation sees the history as observed."""
+    obs = dataset.get_batch(np.arange(0, 4000, 10))["obs"]
+    still = {key: value[:, -1:].expand_as(value) for key, value in obs.items()}
+    always = _policy(dataset, "+policy.obs_encoder.history_dropout=1.0")
+    torch.testing.assert_close(always.encode(obs), _policy(dataset).encode(obs))  # eval mode: untouched
+    torch.testing.assert_close(always.train().encode(obs), always.eval().encode(still))
+    half = _policy(dataset, "+policy.obs_encoder.history_dropout=0.5").train()
+    torch.manual_seed(3)
+    changed = (half.encode(obs) != half.eval().encode(obs)).any(dim=1)
+    moving = sum((value[:, 0] != value[:, -1]).any(dim=1) for value in obs.values()) > 0  # histories not still already
+    assert not changed[~moving].any() and 0.35 < float(changed[moving].float().mean()) < 0.65
+    with pytest.raises(Exception, match=r"history_dropout must be a probability in \[0, 1\].*got 1.5"):
+        _policy(dataset, "+policy.obs_encoder.history_dropout=1.5")
+
+
 def test_unknown_backbone_is_refused_naming_the_choices(dataset):
     with pytest.raises(Exception, match=r"backbone must be one of \['unet', 'mlp'\].*got 'transformer'"):
         _policy(dataset, "+policy.backbone=transformer")

@@ -85,18 +85,25 @@ class ObsEncoder(nn.Module):
     """Observation dict {key: [B, To, ...]} -> features [B, To * per_step_dim] (`output_dim`).
 
     Low-dim values (normalised float) are concatenated, in training with Gaussian noise of std low_dim_noise_std
-    (0: none; like the random crop, it shows the policy states beside the demos'); each rgb key (uint8 [B, To, H, W, 3]) is cropped
+    (0: none; like the random crop, it shows the policy states beside the demos'). In training, history_dropout is the
+    chance that a sample's earlier steps are replaced by its latest one: the policy then sees a still history before a
+    moving chunk, which breaks the closed loop where a slow history predicts a slow chunk (ChauffeurNet's past-motion
+    dropout against copycat policies; Push-T's drift stalls, bench/README). Each rgb key (uint8 [B, To, H, W, 3]) is cropped
     (random per frame in training, center in eval), scaled to [0, 1] and encoded by its own ResNet, or by
     one shared ResNet with share_rgb_model=True. Keys are laid out in sorted order, per observation step.
     """
 
     def __init__(self, shape_meta_obs: Mapping[str, Any], n_obs_steps: int, crop_shape: Sequence[int] | None = (84, 84),
                  layers: Sequence[int] = (2, 2, 2, 2), num_keypoints: int = 32, feature_dim: int = 64,
-                 pretrained_path: str | None = None, share_rgb_model: bool = False, low_dim_noise_std: float = 0.0) -> None:
+                 pretrained_path: str | None = None, share_rgb_model: bool = False, low_dim_noise_std: float = 0.0,
+                 history_dropout: float = 0.0) -> None:
         super().__init__()
         if not low_dim_noise_std >= 0:
             raise ValueError(f"low_dim_noise_std must be >= 0 (0: no observation noise), got {low_dim_noise_std}")
+        if not 0 <= history_dropout <= 1:
+            raise ValueError(f"history_dropout must be a probability in [0, 1] (0: the history as observed), got {history_dropout}")
         self.low_dim_noise_std = low_dim_noise_std
+        self.history_dropout = history_dropout
         if not shape_meta_obs:
             raise ValueError("shape_meta_obs is empty; give at least one observation key with its shape and type")
         self.n_obs_steps = n_obs_steps
@@ -131,6 +138,8 @@ class ObsEncoder(nn.Module):
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
         check_layout(obs, self.obs_meta, self.n_obs_steps, batched_only=True)
+        if self.training and self.history_dropout:
+            obs = self._still_history(obs)
         features = {key: obs[key].flatten(2) for key in self.shapes if key not in self.rgb_keys}
         if self.training and self.low_dim_noise_std:
             features = {key: value + self.low_dim_noise_std * torch.randn_like(value) for key, value in features.items()}
@@ -141,6 +150,13 @@ class ObsEncoder(nn.Module):
             encoded = self.rgb_models[name](images).unflatten(0, (len(keys), -1, self.n_obs_steps))  # [cams, B, To, F]
             features.update(zip(keys, encoded))
         return torch.cat([features[key] for key in self.shapes], dim=-1).flatten(1)
+
+    def _still_history(self, obs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each sample, with probability history_dropout, gets its latest step repeated over the whole history."""
+        first = next(iter(obs.values()))
+        still = torch.rand(first.shape[0], device=first.device) < self.history_dropout
+        return {key: torch.where(still.view(-1, *[1] * (value.dim() - 1)), value[:, -1:].expand_as(value), value)
+                for key, value in obs.items()}
 
     def _crop(self, frames: Tensor) -> Tensor:
         """uint8 [N, H, W, 3] -> [N, h, w, 3]: an independent random window per frame in training, the center in eval."""
