@@ -86,9 +86,9 @@ class ObsEncoder(nn.Module):
 
     Low-dim values (normalised float) are concatenated, in training with Gaussian noise of std low_dim_noise_std
     (0: none; like the random crop, it shows the policy states beside the demos'). In training, history_dropout is the
-    chance that a sample's earlier steps are replaced by its latest one: the policy then sees a still history before a
-    moving chunk, which breaks the closed loop where a slow history predicts a slow chunk (ChauffeurNet's past-motion
-    dropout against copycat policies; Push-T's drift stalls, bench/README). Each rgb key (uint8 [B, To, H, W, 3]) is cropped
+    chance that a sample's earlier steps are replaced by its latest one, so the chunk must be read from the scene and
+    not only from the policy's own recent motion (ChauffeurNet's past-motion dropout; screened against Push-T's drift
+    stalls in bench/README). Each rgb key (uint8 [B, To, H, W, 3]) is cropped
     (random per frame in training, center in eval), scaled to [0, 1] and encoded by its own ResNet, or by
     one shared ResNet with share_rgb_model=True. Keys are laid out in sorted order, per observation step.
     """
