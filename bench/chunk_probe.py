@@ -38,8 +38,9 @@ def main() -> None:
     shown = sorted({0, policy.n_obs_steps - 1, policy.n_obs_steps + policy.n_action_steps - 2, policy.horizon - 1,
                     (policy.horizon - 1) // 2})
     print(f"chunk steps shown: {shown} (executed: {policy.n_obs_steps - 1}..{policy.n_obs_steps + policy.n_action_steps - 2})")
-    print_demo_reference(load_task(task).make_dataset(), args.pos_key, policy.n_obs_steps, policy.horizon, shown)
-    env = MultiStepWrapper(load_task(task).make_env(), task["n_obs_steps"], task["n_action_steps"], task["max_steps"])
+    spec = load_task(task)
+    print_demo_reference(spec.make_dataset(), args.pos_key, policy.n_obs_steps, policy.horizon, shown)
+    env = MultiStepWrapper(spec.make_env(), task["n_obs_steps"], task["n_action_steps"], task["max_steps"])
     obs, _ = env.reset(seed=args.seed)
     acting, probing = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(0)
     reward, done, call = 0.0, False, 0
@@ -50,7 +51,7 @@ def main() -> None:
         ends = chunks[:, -1]
         spread = np.linalg.norm(ends[:, None] - ends[None], axis=-1).sum() / (args.samples * (args.samples - 1))
         lead = np.median(np.linalg.norm(chunks - agent, axis=-1), axis=0)
-        moved = np.linalg.norm(obs[args.pos_key][-1] - obs[args.pos_key][0])
+        moved = np.linalg.norm(agent - obs[args.pos_key][0])
         print(f"call {call:3d}  agent {np.round(agent).astype(int)}  reward {reward:.2f}  moved {moved:5.1f}  "
               f"end spread {spread:5.1f}  distance from agent per step {np.round(lead[shown]).astype(int)}")
         action = policy.predict_action({k: v[None] for k, v in obs.items()}, generator=[acting])[0]

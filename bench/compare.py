@@ -68,11 +68,12 @@ def main() -> None:
     header = (f"{args.task}, {args.minutes:g} min of training per arm on {args.device}, {args.rollouts} episodes from seed 100000 "
               f"(mean ± standard error), {done['date']}")
     report = header + "\n\n" + table + "\n"
+    measured = [(name, done["arms"][name]) for name, _ in arms]
     if len(arms) > 1:
         report += (f"\nPaired against {arms[0][0]} (mean ± standard error of the per-seed difference):\n\n"
-                   + markdown_table(paired_rows([(name, done["arms"][name]) for name, _ in arms])) + "\n")
+                   + markdown_table(paired_rows(measured)) + "\n")
     if "mean_score" in load_task(args.task).metrics:
-        report += f"\nEpisodes whose max reward stayed under 0.5: {low_score_counts([(n, done['arms'][n]) for n, _ in arms])}\n"
+        report += f"\nEpisodes whose max reward stayed under 0.5: {low_score_counts(measured)}\n"
     print(report)
     out.with_suffix(".md").write_text(report)
 
