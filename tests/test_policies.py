@@ -286,6 +286,22 @@ def test_history_dropout_shows_a_still_history_in_training_only(dataset):
         _policy(dataset, "+policy.obs_encoder.history_dropout=1.5")
 
 
+def test_unexecuted_weight_zero_drifts_the_executed_steps_alone(dataset, batch):
+    """+policy.unexecuted_weight=0: the loss sees only steps To-1 .. To-1+Ta of the demo chunk, so changing the other
+    steps leaves it unchanged; at the default 1 every step counts."""
+    moved = {**batch, "action": batch["action"].clone()}
+    moved["action"][:, -1] += 50.0  # the last step of a 16-step chunk is not executed (To=2, Ta=8)
+    for weight, counts in (("0", False), ("1", True)):
+        policy = _policy(dataset, f"+policy.unexecuted_weight={weight}").train()
+        losses = []
+        for chunk in (batch, moved):
+            torch.manual_seed(5)
+            losses.append(float(policy.compute_loss(chunk)[0].detach()))
+        assert (abs(losses[0] - losses[1]) > 1e-4) == counts, (weight, losses)
+    with pytest.raises(Exception, match=r"unexecuted_weight must be a finite number >= 0.*got -1"):
+        _policy(dataset, "+policy.unexecuted_weight=-1")
+
+
 def test_unknown_backbone_is_refused_naming_the_choices(dataset):
     with pytest.raises(Exception, match=r"backbone must be one of \['unet', 'mlp'\].*got 'transformer'"):
         _policy(dataset, "+policy.backbone=transformer")
@@ -298,6 +314,7 @@ NON_DEFAULT = {
     "backbone": "mlp", "mlp": {"hidden_dim": 32, "n_blocks": 1, "time_embed_dim": 16},  # builds the MLP (unet unused)
     "obs_encoder": {"feature_dim": 8}, "task": {"name": "push_t", "max_steps": 16},
     "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "sample_noise_scale": 0.7, "extra_positives": 2,
+    "unexecuted_weight": 0.5,
     "drift": {"temperatures": [0.1, 0.3], "kernel_norm": "targets", "normalize_drift": False, "attraction": 1.5,
               "repulsion": 0.5, "stats_over": "batch", "group_weight_power": 2.0},
     "num_train_timesteps": 50, "num_inference_steps": 5, "sampler": "ddim", "beta_schedule": "linear",

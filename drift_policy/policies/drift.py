@@ -22,6 +22,10 @@ class DriftPolicyConfig(PolicyConfig):
     # inference only: the input noise times this (< 1: the truncation trick, chunks nearer the generator's centre)
     sample_noise_scale: float = 1.0
     extra_positives: int = 0  # k: the chunks of the k nearest observations of other demos are positives too
+    # the chunk steps that are not executed (before To - 1 and after To - 1 + Ta) scaled by this before the drift, so
+    # the kernel's distances and the loss weigh the executed steps more (1: the paper's plain chunk; 0: drift on the
+    # executed steps alone); a lever against chunks that defer their motion past the executed part
+    unexecuted_weight: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,6 +46,9 @@ class DriftPolicyConfig(PolicyConfig):
                              f"got {self.sample_noise_scale}")
         if self.extra_positives < 0:
             raise ValueError(f"extra_positives must be >= 0, got {self.extra_positives}")
+        if not 0 <= self.unexecuted_weight < float("inf"):
+            raise ValueError(f"unexecuted_weight must be a finite number >= 0 (1 weighs every chunk step alike, 0 drifts "
+                             f"the executed steps alone), got {self.unexecuted_weight}")
 
 
 class DriftPolicy(Policy):
@@ -60,6 +67,9 @@ class DriftPolicy(Policy):
         self.n_generated, self.drift_on, self.noise_std = config.n_generated, config.drift_on, config.noise_std
         self.sample_scale = config.noise_std * config.sample_noise_scale
         self.drift_config, self.extra_positives = config.drift, config.extra_positives
+        step_weight = torch.full((config.horizon, 1), float(config.unexecuted_weight))
+        step_weight[config.n_obs_steps - 1 : config.n_obs_steps - 1 + config.n_action_steps] = 1.0
+        self.register_buffer("step_weight", step_weight, persistent=False)  # [T, 1]: what the drift sees of each step
 
     @property
     def nfe(self) -> int:
@@ -81,6 +91,7 @@ class DriftPolicy(Policy):
         with torch.no_grad():  # calibration: the chunks' spread against their distance to the demo chunk (1 = calibrated)
             spread, to_demo = sample_spread(gen.reshape(b, g, t * da), target.reshape(b, 1, t * da))
         p = positives.shape[1]
+        gen, positives = gen * self.step_weight, positives * self.step_weight
         if self.drift_on == "chunk":  # one group per observation, samples are whole chunks
             gen, pos = gen.reshape(b, g, t * da), positives.reshape(b, p, t * da)
         else:  # one group per (observation, time step), samples are single actions
