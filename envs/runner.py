@@ -232,11 +232,23 @@ def paired_difference(episodes: list[dict], baseline: list[dict]) -> dict[str, f
     """Each metric's mean per-seed difference `episodes - baseline` with its standard error. Two policies run on the
     same seeds share each initial state's difficulty, so the paired error is the one to judge a gap by (Push-T's
     2026-12-07 regulariser screen: 0.014-0.016 mean_score against 0.023 for the two standard errors combined)."""
-    by_seed = {e["seed"]: e for e in baseline}
-    if not baseline or len(by_seed) != len(baseline) or sorted(by_seed) != sorted(e["seed"] for e in episodes):
+    return pooled_paired_difference([episodes], [baseline])
+
+
+def pooled_paired_difference(runs: list[list[dict]], baseline_runs: list[list[dict]]) -> dict[str, float]:
+    """paired_difference for arms trained more than once: per seed, each side's metric averaged over its runs (one
+    episode list per training seed), then the mean difference with its standard error over the evaluation seeds. The
+    error holds the episodes' noise, not the spread between training runs: report the runs' own means beside it."""
+    seeds = sorted(e["seed"] for e in baseline_runs[0]) if baseline_runs and baseline_runs[0] else []
+    if not seeds or not runs or any(len(set(seeds)) != len(seeds) or sorted(e["seed"] for e in run) != seeds
+                                    for run in [*runs, *baseline_runs]):
         raise ValueError("a paired difference needs episodes of both runs on the same seeds, each seed once: evaluate them with the same "
                          "--rollouts and --seed-start")
-    stages = max((e.get("num_completed", 0) for e in [*episodes, *baseline]), default=0)
-    ours = metric_columns(episodes, stages)
-    theirs = metric_columns([by_seed[e["seed"]] for e in episodes], stages)
+    stages = max((e.get("num_completed", 0) for run in [*runs, *baseline_runs] for e in run), default=0)
+
+    def averaged(side: list[list[dict]]) -> dict[str, np.ndarray]:
+        columns = [metric_columns(sorted(run, key=lambda e: e["seed"]), stages) for run in side]
+        return {name: np.mean([c[name] for c in columns], axis=0) for name in columns[0]}
+
+    ours, theirs = averaged(runs), averaged(baseline_runs)
     return _mean_and_se({name: ours[name] - theirs[name] for name in ours})
