@@ -26,8 +26,7 @@ from pathlib import Path
 
 from drift_policy.budget import DEFAULT_ARMS, arm_config, arm_run_dir, parse_arm, run_arm
 from drift_policy.cli import non_negative_int, positive_float, positive_int
-from drift_policy.envs.runner import pooled_paired_difference
-from drift_policy.evaluation import markdown_table
+from drift_policy.evaluation import markdown_table, pooled_paired_difference
 from drift_policy.tasks import load_task
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -19,10 +19,10 @@ from drift_policy.ensemble import TemporalEnsemble
 from drift_policy.export import OnnxPolicy
 from drift_policy.policies import Policy
 from drift_policy.tasks import load_task
-from drift_policy.envs.runner import EnvRunner, episode_metrics, paired_difference
+from drift_policy.envs.runner import EnvRunner, episode_metrics, paired_difference, pooled_paired_difference
 
 __all__ = ["DP_TEST_SEEDS", "make_runner", "load_for_eval", "load_onnx_for_eval", "batch1_latency_ms", "evaluate", "evaluate_once",
-           "episode_metrics", "paired_difference", "mode_shares", "successful_orders", "markdown_table"]
+           "episode_metrics", "paired_difference", "pooled_paired_difference", "mode_shares", "successful_orders", "markdown_table"]
 
 DP_TEST_SEEDS = range(100000, 100050)  # Diffusion Policy's Push-T test initial states
 

@@ -240,8 +240,8 @@ def pooled_paired_difference(runs: list[list[dict]], baseline_runs: list[list[di
     episode list per training seed), then the mean difference with its standard error over the evaluation seeds. The
     error holds the episodes' noise, not the spread between training runs: report the runs' own means beside it."""
     seeds = sorted(e["seed"] for e in baseline_runs[0]) if baseline_runs and baseline_runs[0] else []
-    if not seeds or not runs or any(len(set(seeds)) != len(seeds) or sorted(e["seed"] for e in run) != seeds
-                                    for run in [*runs, *baseline_runs]):
+    if not seeds or not runs or len(set(seeds)) != len(seeds) or any(sorted(e["seed"] for e in run) != seeds
+                                                                      for run in [*runs, *baseline_runs]):
         raise ValueError("a paired difference needs episodes of both runs on the same seeds, each seed once: evaluate them with the same "
                          "--rollouts and --seed-start")
     stages = max((e.get("num_completed", 0) for run in [*runs, *baseline_runs] for e in run), default=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.compare import low_score_counts, paired_rows
-from drift_policy.envs.runner import paired_difference, pooled_paired_difference
+from drift_policy.evaluation import paired_difference, pooled_paired_difference
 
 MEASURED = Path(__file__).resolve().parents[1] / "bench" / "measured"
 
