@@ -42,6 +42,17 @@ def rope_2d(grid: int, head_dim: int, num_prefix: int, base: float = 10000.0) ->
     return angles.cos(), angles.sin()
 
 
+def sincos_2d(grid: int, width: int, base: float = 10000.0) -> Tensor:
+    """Fixed absolute position embedding [grid^2, width]: sin/cos of the row in one half of the width, of the column
+    in the other (DiT's table)."""
+    if width % 4:
+        raise ValueError(f"a 2-D sin-cos embedding needs a width divisible by 4, got {width}")
+    freqs = base ** (-torch.arange(width // 4, dtype=torch.float32) / (width // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    angles = [axis.reshape(-1, 1).float() * freqs for axis in (rows, cols)]
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate x [B, heads, L, hd] by the position tables (rotate-half convention)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -131,6 +142,7 @@ class DriftDiT(nn.Module):
         num_style_tokens: int = 32,
         style_vocab: int = 64,
         mlp_ratio: float = 4.0,
+        abs_pos_embed: bool = False,
     ) -> None:
         super().__init__()
         if input_size % patch_size:
@@ -139,6 +151,7 @@ class DriftDiT(nn.Module):
             width=width, depth=depth, heads=heads, patch_size=patch_size, input_size=input_size,
             channels=channels, num_classes=num_classes, num_registers=num_registers,
             num_style_tokens=num_style_tokens, style_vocab=style_vocab, mlp_ratio=mlp_ratio,
+            abs_pos_embed=abs_pos_embed,
         )
         self.patch_size, self.input_size, self.channels = patch_size, input_size, channels
         self.num_style_tokens, self.style_vocab, self.num_classes = num_style_tokens, style_vocab, num_classes
@@ -160,6 +173,9 @@ class DriftDiT(nn.Module):
         cos, sin = rope_2d(grid, width // heads, num_registers)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # RoPE alone tells a patch token its position only relative to others (and through the unrotated registers);
+        # abs_pos_embed adds DiT's fixed table to the patch tokens, so each token knows where in the image it draws.
+        self.register_buffer("pos_embed", sincos_2d(grid, width) if abs_pos_embed else None, persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -195,6 +211,8 @@ class DriftDiT(nn.Module):
         style = self.random_style(b, noise.device) if style is None else style
         cond = self.condition(labels, alpha.expand(b), style)
         tokens = self.patch_embed(noise).flatten(2).transpose(1, 2)  # [B, L, width]
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed
         registers = self.registers + self.register_cond(cond)[:, None]
         x = torch.cat([registers.expand(b, -1, -1), tokens], dim=1)
         for block in self.blocks:
@@ -251,4 +269,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["DriftDiT", "GENERATOR_SIZES", "build_generator", "count_parameters", "rope_2d", "apply_rope"]
+__all__ = ["DriftDiT", "GENERATOR_SIZES", "build_generator", "count_parameters", "rope_2d", "apply_rope", "sincos_2d"]

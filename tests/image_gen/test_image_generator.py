@@ -61,3 +61,21 @@ def test_bad_input_is_a_clear_error():
         build_generator("XL/2")
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         build_generator(width=32, depth=1, heads=2, patch_size=3, input_size=8, channels=1)
+
+
+@pytest.mark.parametrize("abs_pos_embed", [False, True])
+def test_patch_tokens_know_their_place_only_with_the_absolute_table(abs_pos_embed, tmp_path):
+    """At the adaLN-zero start the blocks add nothing, so on a constant input every patch is drawn alike unless the
+    absolute table tells the tokens apart; the option survives save/load."""
+    torch.manual_seed(0)
+    model = build_generator(width=32, depth=1, heads=2, patch_size=2, input_size=8, channels=1, num_classes=4,
+                            abs_pos_embed=abs_pos_embed)
+    torch.nn.init.normal_(model.out.weight)
+    patches = model(torch.zeros(1, 1, 8, 8), torch.tensor([0]), torch.tensor([1.0])).unfold(2, 2, 2).unfold(3, 2, 2)
+    distinct = torch.unique(patches.reshape(16, 4), dim=0).shape[0]
+    assert distinct == (16 if abs_pos_embed else 1)
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path)
+    noise, style = torch.randn(2, 1, 8, 8), model.random_style(2)
+    labels, alpha = torch.tensor([0, 3]), torch.tensor([1.0, 2.0])
+    assert torch.equal(loaded(noise, labels, alpha, style), model.eval()(noise, labels, alpha, style))
