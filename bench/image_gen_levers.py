@@ -9,7 +9,8 @@ out=<out>/<name> minutes=<minutes> steps=null <overrides>`, alone and one after 
 the first arm's judge (copied in before it runs), and reuses the MAE of the first arm with the same MAE options
 (mae_steps, mae_stem_stride, mae_set ...): only an arm that changes them trains an MAE of its own. Resumable: an
 arm with a result.json is read back, not run again (refused when it ran with other options); a killed arm resumes
-its generator from its checkpoint. Writes <out>/levers.md and prints it. Run it alone
+its generator from its checkpoint. Writes <out>/levers.md and prints it: per arm the final guidance scores and the
+alpha-2 evaluation at one step (--at-step), which the machine's speed does not move. Run it alone
 (`flock /tmp/cpu.lock chrt -f 10 python bench/image_gen_levers.py ...`): the budget is wall-clock.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from drift_policy.cli import positive_float
+from drift_policy.cli import positive_float, positive_int
 from drift_policy.evaluation import markdown_table
 from image_gen.demo_mnist import mae_overrides, parse_options
 
@@ -146,15 +147,23 @@ def at_alpha(result: dict[str, Any], alpha: float) -> tuple[str, str]:
     return (f"{100 * row['accuracy']:.1f}%", f"{row['fid']:.2f}") if row else ("-", "-")
 
 
-def table_row(arm: Arm, result: dict[str, Any]) -> dict[str, str]:
-    """One arm's row from its result.json."""
+def eval_at(metrics: Path, step: int) -> dict[str, float] | None:
+    """The evaluation the run logged at `step` in its metrics.jsonl (eval/accuracy_alpha2 ...), None when it has none."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    return next((row for row in rows if row["step"] == step and "eval/accuracy_alpha2" in row), None)
+
+
+def table_row(arm: Arm, result: dict[str, Any], step: int, at_step: dict[str, float] | None) -> dict[str, str]:
+    """One arm's row from its result.json, and its alpha-2 evaluation at one step (`at_step`, None: not reached)."""
     best = result["best"]
     accuracy_1, fid_1 = at_alpha(result, 1.0)
     return {"arm": arm.name, "overrides": " ".join(arm.overrides) or "(defaults)",
             "generator steps": f"{result['generator_steps']:,}", "train min": f"{result['generator_train_minutes']:.1f}",
             "best alpha": f"{best['alpha']:g}", "accuracy (best)": f"{100 * best['accuracy']:.1f}%",
             "FID (best)": f"{best['fid']:.2f}", "FID / floor (best)": f"{best['fid'] / result['fid_floor']:.1f}",
-            "accuracy (alpha 1)": accuracy_1, "FID (alpha 1)": fid_1}
+            "accuracy (alpha 1)": accuracy_1, "FID (alpha 1)": fid_1,
+            f"step {step:,}: accuracy / FID (alpha 2)": "-" if at_step is None else
+            f"{100 * at_step['eval/accuracy_alpha2']:.1f}% / {at_step['eval/fid_alpha2']:.2f}"}
 
 
 def header(minutes: float, command: str) -> str:
@@ -164,9 +173,11 @@ def header(minutes: float, command: str) -> str:
             f"{datetime.date.today().isoformat()}, {machine}; `{command}`")
 
 
-def render(arms: list[Arm], results: list[dict[str, Any]], title: str) -> str:
-    """The header line, a blank line and the table."""
-    return f"{title}\n\n{markdown_table([table_row(arm, result) for arm, result in zip(arms, results)])}\n"
+def render(arms: list[Arm], results: list[dict[str, Any]], title: str, out: Path, step: int) -> str:
+    """The header line, a blank line and the table (each arm's step-`step` evaluation read from <out>/<arm>/run)."""
+    rows = [table_row(arm, result, step, eval_at(out / arm.name / "run" / "metrics.jsonl", step))
+            for arm, result in zip(arms, results)]
+    return f"{title}\n\n{markdown_table(rows)}\n"
 
 
 def main() -> None:
@@ -175,6 +186,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/image_gen/levers"), help="arms run in <out>/<name>")
     parser.add_argument("--arms", nargs="+", required=True, metavar="NAME=OVERRIDES",
                         help="'name=key=value ...' DemoOptions overrides; the first arm's judge scores every arm")
+    parser.add_argument("--at-step", type=positive_int, default=750,
+                        help="also compare the arms at this generator step (a multiple of the demo's eval_every, 250), "
+                             "where the machine's speed does not enter; 750 is reached by every arm of a 22-minute table")
     args = parser.parse_args()
     try:
         arms = parse_arms(args.arms)
@@ -185,7 +199,7 @@ def main() -> None:
         results = run_arms(arms, out, args.minutes)
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    text = render(arms, results, header(args.minutes, shlex.join(["python", *sys.argv])))
+    text = render(arms, results, header(args.minutes, shlex.join(["python", *sys.argv])), out, args.at_step)
     (out / "levers.md").write_text(text)
     print(text)
 
