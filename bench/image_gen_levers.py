@@ -10,7 +10,8 @@ the first arm's judge (copied in before it runs), and reuses the MAE of the firs
 (mae_steps, mae_stem_stride, mae_set ...): only an arm that changes them trains an MAE of its own. Resumable: an
 arm with a result.json is read back, not run again (refused when it ran with other options); a killed arm resumes
 its generator from its checkpoint. Writes <out>/levers.md and prints it: per arm the final guidance scores and the
-alpha-2 evaluation at one step (--at-step), which the machine's speed does not move. Run it alone
+alpha-2 evaluation at one step (--at-step) with the LR there (the steps a budget buys move with the machine's
+speed; a step's evaluation does not, but its place on the clock's LR schedule does). Run it alone
 (`flock /tmp/cpu.lock chrt -f 10 python bench/image_gen_levers.py ...`): the budget is wall-clock.
 """
 from __future__ import annotations
@@ -148,9 +149,11 @@ def at_alpha(result: dict[str, Any], alpha: float) -> tuple[str, str]:
 
 
 def eval_at(metrics: Path, step: int) -> dict[str, float] | None:
-    """The evaluation the run logged at `step` in its metrics.jsonl (eval/accuracy_alpha2 ...), None when it has none."""
+    """The evaluation the run logged at `step` in its metrics.jsonl (eval/accuracy_alpha2 ...) with that step's `lr`,
+    None when it has none."""
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-    return next((row for row in rows if row["step"] == step and "eval/accuracy_alpha2" in row), None)
+    at_step = {key: value for row in rows if row["step"] == step for key, value in row.items()}
+    return at_step if "eval/accuracy_alpha2" in at_step and "lr" in at_step else None
 
 
 def table_row(arm: Arm, result: dict[str, Any], step: int, at_step: dict[str, float] | None) -> dict[str, str]:
@@ -162,8 +165,8 @@ def table_row(arm: Arm, result: dict[str, Any], step: int, at_step: dict[str, fl
             "best alpha": f"{best['alpha']:g}", "accuracy (best)": f"{100 * best['accuracy']:.1f}%",
             "FID (best)": f"{best['fid']:.2f}", "FID / floor (best)": f"{best['fid'] / result['fid_floor']:.1f}",
             "accuracy (alpha 1)": accuracy_1, "FID (alpha 1)": fid_1,
-            f"step {step:,}: accuracy / FID (alpha 2)": "-" if at_step is None else
-            f"{100 * at_step['eval/accuracy_alpha2']:.1f}% / {at_step['eval/fid_alpha2']:.2f}"}
+            f"step {step:,}: accuracy / FID (alpha 2), lr": "-" if at_step is None else
+            f"{100 * at_step['eval/accuracy_alpha2']:.1f}% / {at_step['eval/fid_alpha2']:.2f}, {at_step['lr']:.1e}"}
 
 
 def header(minutes: float, command: str) -> str:
@@ -187,8 +190,9 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", required=True, metavar="NAME=OVERRIDES",
                         help="'name=key=value ...' DemoOptions overrides; the first arm's judge scores every arm")
     parser.add_argument("--at-step", type=positive_int, default=750,
-                        help="also compare the arms at this generator step (a multiple of the demo's eval_every, 250), "
-                             "where the machine's speed does not enter; 750 is reached by every arm of a 22-minute table")
+                        help="also compare the arms at this generator step (a multiple of the demo's eval_every, 250; "
+                             "750 is reached by every arm of a 22-minute table), with the LR there: the schedule follows "
+                             "the clock, so an arm that got fewer steps is further down its cosine at a given step")
     args = parser.parse_args()
     try:
         arms = parse_arms(args.arms)

@@ -111,14 +111,14 @@ def test_the_table_has_one_row_per_arm_from_the_result_files(tmp_path):
     results = [fake_result([]), fake_result(["alphas=[2.0,3.0]"], alphas=(2.0, 3.0), steps=12345)]
     (tmp_path / "baseline" / "run").mkdir(parents=True)  # the baseline logged step 750's evaluation; no_alpha1 nothing
     (tmp_path / "baseline" / "run" / "metrics.jsonl").write_text("\n".join(json.dumps(row) for row in [
-        {"step": 750, "loss/drift": 99.0}, {"step": 500, "eval/accuracy_alpha2": 0.1, "eval/fid_alpha2": 900.0},
+        {"step": 750, "loss/drift": 99.0, "lr": 4.79e-4}, {"step": 500, "eval/accuracy_alpha2": 0.1, "eval/fid_alpha2": 900.0},
         {"step": 750, "eval/accuracy_alpha1": 0.3, "eval/accuracy_alpha2": 0.523, "eval/fid_alpha2": 271.312}]))
     text = render(arms, results, "title line", tmp_path, 750)
     title, blank, head, rule, *rows = text.splitlines()
     assert (title, blank) == ("title line", "")
     assert head == ("| arm | overrides | generator steps | train min | best alpha | accuracy (best) | FID (best) "
-                    "| FID / floor (best) | accuracy (alpha 1) | FID (alpha 1) | step 750: accuracy / FID (alpha 2) |")
-    assert rows == ["| baseline | (defaults) | 1,800 | 10.0 | 2.5 | 92.5% | 40.00 | 32.0 | 85.0% | 100.00 | 52.3% / 271.31 |",
+                    "| FID / floor (best) | accuracy (alpha 1) | FID (alpha 1) | step 750: accuracy / FID (alpha 2), lr |")
+    assert rows == ["| baseline | (defaults) | 1,800 | 10.0 | 2.5 | 92.5% | 40.00 | 32.0 | 85.0% | 100.00 | 52.3% / 271.31, 4.8e-04 |",
                     "| no_alpha1 | alphas=[2.0,3.0] | 12,345 | 10.0 | 3 | 95.0% | 33.33 | 26.7 | - | - | - |"]
 
 
