@@ -1,18 +1,22 @@
-"""The MNIST demo's quality levers at one wall-clock budget: one demo run per arm, then one markdown table.
+"""The MNIST demo's quality levers at one budget: one demo run per arm, then one markdown table.
 
-    python bench/image_gen_levers.py --minutes 10 --out outputs/image_gen/levers --arms \\
+    python bench/image_gen_levers.py --minutes 22 --out outputs/image_gen/levers --arms \\
         "baseline=" "stem1=mae_stem_stride=1" "gen32=n_gen=32" "paper_temps=temperatures=[0.02,0.05,0.2]"
+    python bench/image_gen_levers.py --steps 1000 --out outputs/image_gen/levers_steps --arms "baseline=" "lr1e-3=lr=1e-3"
 
 An arm is `name=` followed by DemoOptions overrides (image_gen/demo_mnist.py; list values as YAML, e.g.
 "generator_set=['feature.patch_sizes=[4]',feature.raw=false]"). Each arm runs `image_gen/demo_mnist.py
-out=<out>/<name> minutes=<minutes> steps=null <overrides>`, alone and one after the other. Every arm is judged by
+out=<out>/<name> minutes=<minutes> steps=null <overrides>` (or `steps=<steps> minutes=null`), alone and one after
+the other. A budget of minutes is what a user's run gets, and the one for levers that change a step's cost (n_gen,
+the model's size); the steps it buys move with the machine's speed, so levers that leave a step's cost alone (LR,
+EMA, position table) compare more cleanly at a budget of steps. Every arm is judged by
 the first arm's judge (copied in before it runs), and reuses the MAE of the first arm with the same MAE options
 (mae_steps, mae_stem_stride, mae_set ...): only an arm that changes them trains an MAE of its own. Resumable: an
 arm with a result.json is read back, not run again (refused when it ran with other options); a killed arm resumes
 its generator from its checkpoint. Writes <out>/levers.md and prints it: per arm the final guidance scores and the
-alpha-2 evaluation at one step (--at-step) with the LR there (the steps a budget buys move with the machine's
-speed; a step's evaluation does not, but its place on the clock's LR schedule does). Run it alone
-(`flock /tmp/cpu.lock chrt -f 10 python bench/image_gen_levers.py ...`): the budget is wall-clock.
+alpha-2 evaluation at one step (--at-step) with the LR there (a step's evaluation does not move with the machine's
+speed, but under a budget of minutes its place on the LR schedule does). Run it alone
+(`flock /tmp/cpu.lock chrt -f 10 python bench/image_gen_levers.py ...`): a budget of minutes is wall-clock.
 """
 from __future__ import annotations
 
@@ -80,9 +84,31 @@ def parse_arms(texts: list[str]) -> list[Arm]:
     return arms
 
 
-def demo_args(arm: Arm, out: Path, minutes: float) -> list[str]:
+@dataclass(frozen=True)
+class Budget:
+    """Each arm's generator budget: wall-clock minutes (what a user's run gets) or steps (what the machine's speed
+    does not move; right for levers that leave a step's cost alone)."""
+    minutes: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.minutes is None) == (self.steps is None):
+            raise ValueError("give a budget of minutes or of steps, not both or neither")
+
+    def args(self) -> list[str]:
+        return [f"minutes={_yaml(self.minutes)}", f"steps={_yaml(self.steps)}"]
+
+    def __str__(self) -> str:
+        return f"{self.minutes:g} min" if self.minutes is not None else f"{self.steps:,} steps"
+
+
+def _yaml(value: float | int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def demo_args(arm: Arm, out: Path, budget: Budget) -> list[str]:
     """The demo's key=value arguments for one arm at the budget."""
-    return [f"out={out / arm.name}", f"minutes={minutes}", "steps=null", *arm.overrides]
+    return [f"out={out / arm.name}", *budget.args(), *arm.overrides]
 
 
 def mae_sources(arms: list[Arm]) -> dict[str, str | None]:
@@ -106,13 +132,13 @@ def copy_once(src: Path, dst: Path) -> None:
     partial.rename(dst)
 
 
-def load_result(arm: Arm, out: Path, minutes: float) -> dict[str, Any] | None:
+def load_result(arm: Arm, out: Path, budget: Budget) -> dict[str, Any] | None:
     """The arm's result.json, None when it has not finished; ValueError when it ran with other options."""
     path = out / arm.name / "result.json"
     if not path.exists():
         return None
     result = json.loads(path.read_text())
-    if result["options"] != OmegaConf.to_container(parse_options(demo_args(arm, out, minutes))):
+    if result["options"] != OmegaConf.to_container(parse_options(demo_args(arm, out, budget))):
         raise ValueError(f"{path} was run with other options ({result['options']}); give the arm another name, "
                          "another --out, or delete its directory")
     return result
@@ -126,10 +152,10 @@ def run_demo(args: list[str]) -> None:
                          "(finished arms are read back)")
 
 
-def run_arms(arms: list[Arm], out: Path, minutes: float,
+def run_arms(arms: list[Arm], out: Path, budget: Budget,
              run: Callable[[list[str]], None] = run_demo) -> list[dict[str, Any]]:
     """Every arm's result, running the arms that have none; finished results are checked before any arm runs."""
-    results = {arm.name: load_result(arm, out, minutes) for arm in arms}
+    results = {arm.name: load_result(arm, out, budget) for arm in arms}
     sources, reference = mae_sources(arms), arms[0].name
     for arm in arms:
         if results[arm.name] is None:
@@ -137,8 +163,8 @@ def run_arms(arms: list[Arm], out: Path, minutes: float,
                 copy_once(out / reference / "judge", out / arm.name / "judge")
             if sources[arm.name]:
                 copy_once(out / sources[arm.name] / "mae", out / arm.name / "mae")
-            run(demo_args(arm, out, minutes))
-            results[arm.name] = load_result(arm, out, minutes)
+            run(demo_args(arm, out, budget))
+            results[arm.name] = load_result(arm, out, budget)
     return [results[arm.name] for arm in arms]
 
 
@@ -169,10 +195,10 @@ def table_row(arm: Arm, result: dict[str, Any], step: int, at_step: dict[str, fl
             f"{100 * at_step['eval/accuracy_alpha2']:.1f}% / {at_step['eval/fid_alpha2']:.2f}, {at_step['lr']:.1e}"}
 
 
-def header(minutes: float, command: str) -> str:
+def header(budget: Budget, command: str) -> str:
     """What the table was measured with: budget, date, machine and command."""
     machine = f"{os.cpu_count()}-core {platform.processor() or platform.uname().machine}"
-    return (f"MNIST demo levers: {minutes:g} min of generator training per arm (steps=null), "
+    return (f"MNIST demo levers: {budget} of generator training per arm, "
             f"{datetime.date.today().isoformat()}, {machine}; `{command}`")
 
 
@@ -185,7 +211,9 @@ def render(arms: list[Arm], results: list[dict[str, Any]], title: str, out: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=positive_float, default=10.0, help="generator training budget of EACH arm")
+    budget = parser.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--minutes", type=positive_float, help="wall-clock generator budget of EACH arm")
+    budget.add_argument("--steps", type=positive_int, help="generator steps of EACH arm (the LR schedule ends with them)")
     parser.add_argument("--out", type=Path, default=Path("outputs/image_gen/levers"), help="arms run in <out>/<name>")
     parser.add_argument("--arms", nargs="+", required=True, metavar="NAME=OVERRIDES",
                         help="'name=key=value ...' DemoOptions overrides; the first arm's judge scores every arm")
@@ -200,10 +228,11 @@ def main() -> None:
         parser.error(f"--arms: {err}")
     out = args.out.resolve()
     try:
-        results = run_arms(arms, out, args.minutes)
+        results = run_arms(arms, out, Budget(args.minutes, args.steps))
     except ValueError as err:
         raise SystemExit(str(err)) from None
-    text = render(arms, results, header(args.minutes, shlex.join(["python", *sys.argv])), out, args.at_step)
+    text = render(arms, results, header(Budget(args.minutes, args.steps), shlex.join(["python", *sys.argv])), out,
+                  args.at_step)
     (out / "levers.md").write_text(text)
     print(text)
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from bench.image_gen_levers import Arm, load_result, mae_sources, main, parse_arms, render, run_arms
+from bench.image_gen_levers import Arm, Budget, load_result, mae_sources, main, parse_arms, render, run_arms
 from image_gen.demo_mnist import compose_config, generator_overrides, mae_overrides, parse_options
 
 MINUTES = 10.0
+BUDGET = Budget(minutes=MINUTES)
 
 
 def fake_result(args: list[str], alphas=(1.0, 2.0, 2.5), steps: int = 1800) -> dict:
@@ -65,7 +66,8 @@ def test_bad_arms_are_refused_with_the_problem_and_the_fix(texts, message):
 
 
 def test_the_command_line_names_a_bad_arm_before_anything_runs(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr("sys.argv", ["image_gen_levers.py", "--out", str(tmp_path), "--arms", "baseline=", "gen32"])
+    monkeypatch.setattr("sys.argv", ["image_gen_levers.py", "--minutes", "10", "--out", str(tmp_path), "--arms", "baseline=",
+                                     "gen32"])
     with pytest.raises(SystemExit):
         main()
     assert "--arms: arm 'gen32' needs a name" in capsys.readouterr().err and not any(tmp_path.iterdir())
@@ -83,7 +85,7 @@ def test_arms_get_the_first_arms_judge_and_a_shared_mae_and_finished_arms_are_re
     arms = parse_arms(["baseline=", "gen32=n_gen=32", "stem1=mae_stem_stride=1",
                        "stem1_ema=mae_stem_stride=1 ema_decay=0.99"])
     demo = FakeDemo()
-    results = run_arms(arms, tmp_path, MINUTES, demo)
+    results = run_arms(arms, tmp_path, BUDGET, demo)
     # (arm, found a judge, found an MAE): the reference trains both; stem1 trains its own MAE, which stem1_ema reuses
     assert demo.runs == [("baseline", False, False), ("gen32", True, True), ("stem1", True, False),
                          ("stem1_ema", True, True)]
@@ -93,7 +95,19 @@ def test_arms_get_the_first_arms_judge_and_a_shared_mae_and_finished_arms_are_re
     assert {r["options"]["minutes"] for r in results} == {MINUTES} and {r["options"]["steps"] for r in results} == {None}
 
     demo.runs.clear()
-    assert run_arms(arms, tmp_path, MINUTES, demo) == results and demo.runs == []  # all read back, none run again
+    assert run_arms(arms, tmp_path, BUDGET, demo) == results and demo.runs == []  # all read back, none run again
+
+
+def test_a_budget_of_steps_reaches_every_arm_and_a_minutes_result_is_not_taken_for_it(tmp_path):
+    arms = parse_arms(["baseline=", "lr1e-3=lr=1e-3"])
+    results = run_arms(arms, tmp_path, Budget(steps=1000), FakeDemo())
+    assert [(r["options"]["steps"], r["options"]["minutes"], r["options"]["lr"]) for r in results] == [
+        (1000, None, 2e-3), (1000, None, 1e-3)]
+    with pytest.raises(ValueError, match=r"baseline/result.json was run with other options"):
+        run_arms(arms, tmp_path, BUDGET, FakeDemo())
+    for wrong in ({}, {"minutes": 22.0, "steps": 1000}):
+        with pytest.raises(ValueError, match="give a budget of minutes or of steps, not both or neither"):
+            Budget(**wrong)
 
 
 def test_a_result_run_with_other_options_is_refused_before_any_arm_runs(tmp_path):
@@ -101,9 +115,9 @@ def test_a_result_run_with_other_options_is_refused_before_any_arm_runs(tmp_path
     (tmp_path / "gen32" / "result.json").write_text(json.dumps(fake_result([f"out={tmp_path / 'gen32'}", "n_gen=64"])))
     demo = FakeDemo()
     with pytest.raises(ValueError, match=r"gen32/result.json was run with other options .* give the arm another name"):
-        run_arms(parse_arms(["baseline=", "gen32=n_gen=32"]), tmp_path, MINUTES, demo)
+        run_arms(parse_arms(["baseline=", "gen32=n_gen=32"]), tmp_path, BUDGET, demo)
     assert demo.runs == []
-    assert load_result(Arm("other", ()), tmp_path, MINUTES) is None
+    assert load_result(Arm("other", ()), tmp_path, BUDGET) is None
 
 
 def test_the_table_has_one_row_per_arm_from_the_result_files(tmp_path):
