@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from drift_policy.atomic import DiskFullError
 from drift_policy.training.checkpoint import CHECKPOINT
-from drift_policy.training.trainer import TrainingStopped, train
+from drift_policy.training.stopping import TrainingStopped
+from drift_policy.training.trainer import train
 
 # What a run writes before its first checkpoint (hydra's .hydra included); a folder holding only these is ours.
 RUN_FILES = {".hydra", "config.yaml", "metrics.jsonl", "metrics.jsonl.tmp", "tensorboard", "checkpoints", "curves.png"}

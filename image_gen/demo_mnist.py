@@ -11,7 +11,8 @@
 Outputs under `out` (default outputs/image_gen/demo_mnist/): guidance.png, samples_best.png,
 samples_alpha1.png, real.png, result.json, run/ (metrics.jsonl, curves.png, checkpoints, generator/),
 mae/, judge/. A killed run resumes where it stopped (the judge and the encoder are kept, the generator
-resumes from its checkpoint and its training clock); restart=true starts over. result.json records the
+resumes from its checkpoint and its training clock; SIGTERM / Ctrl-C first saves the step reached); restart=true
+starts over. result.json records the
 generator steps taken and their training minutes.
 
     python image_gen/demo_mnist.py                    # CPU, 2 threads
@@ -37,6 +38,7 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from drift_policy.training.stopping import TrainingStopped  # noqa: E402
 from image_gen.image_data import prepare_dataset  # noqa: E402
 from image_gen.judge import Judge, Scorer, train_judge  # noqa: E402
 from image_gen.models.generator import DriftDiT  # noqa: E402
@@ -181,7 +183,10 @@ def main() -> None:
             metrics |= {f"eval/accuracy_alpha{alpha:g}": verdict.accuracy, f"eval/fid_alpha{alpha:g}": verdict.fid}
         return metrics
 
-    generator_dir = train(cfg, evaluate)
+    try:
+        generator_dir = train(cfg, evaluate)
+    except TrainingStopped as stopped:  # SIGTERM / Ctrl-C: not finished (exit 1), the same command resumes
+        sys.exit(f"{stopped} (the judge and the encoder are kept)")
     model = DriftDiT.from_pretrained(generator_dir).to(opts.device)
     trained = json.loads((generator_dir.parent / SUMMARY).read_text())  # totals over resumes
 

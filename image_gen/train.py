@@ -8,13 +8,17 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from drift_policy.training.stopping import TrainingStopped
 from image_gen import distributed
 from image_gen.trainer import train
 
 
 @hydra.main(config_path="configs", config_name="train", version_base=None)
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    try:
+        train(cfg)
+    except TrainingStopped as stopped:  # SIGTERM / Ctrl-C: the checkpoint is written, the same command resumes
+        print(stopped)
     distributed.cleanup()
 
 

@@ -30,6 +30,7 @@ from drift_policy.drift import DriftConfig
 from drift_policy.training.checkpoint import load_checkpoint, save_checkpoint
 from drift_policy.training.logging import RunLogger
 from drift_policy.training.schedule import LRSchedule
+from drift_policy.training.stopping import TrainingStopped, stop_requests
 from image_gen import distributed
 from image_gen.features import MultiScaleFeatures
 from image_gen.guidance import sample_alpha, unconditional_weight
@@ -183,50 +184,62 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
     progress = schedule.progress(step, train_seconds)
     last_logged, last_seconds = step, train_seconds
     bar = tqdm(total=cfg.train.steps, initial=step, desc="drift", disable=rank != 0)
-    while progress < 1.0:
-        x, y = next(loader)
-        queues.push(x, y)
-        pushed += 1
-        ready = len(queues.ready_classes(b.n_pos)) >= b.n_classes and queues.unconditional.filled()[0] >= b.n_unc
-        if not distributed.all_true(ready, device):  # every rank fills its queues before any rank steps
-            continue
-        lr = schedule(step, progress)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batch = draw_batch(queues, generator, cfg, step_generator(cfg.seed, step, rank)).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.bf16):
-            loss, info = drift_step_loss(model, features, batch, config, cfg.drift.chunk_groups)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(generator.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        ema.update_parameters(generator)
-        step += 1
-        train_seconds = clock()
-        progress = schedule.progress(step, train_seconds)
-        last = progress >= 1.0
-        bar.update()
-        if timed:
-            bar.set_postfix(budget=f"{min(progress, 1.0):.0%}", refresh=False)
-        if step % cfg.train.log_every == 0 or last:
-            metrics = {"loss/drift": distributed.mean_over_ranks(loss).item(), "loss/grad_norm": grad_norm.item(),
-                       "lr": lr, "speed/steps_per_s": (step - last_logged) / (train_seconds - last_seconds),
-                       "time/train_seconds": train_seconds, **info}
-            last_logged, last_seconds = step, train_seconds
-            if logger:
-                logger.log(step, metrics)
-        if step % cfg.train.checkpoint_every == 0 or last:
-            save_checkpoint(run_dir / "queues" / f"rank{rank}", {"step": step, "queues": queues.state_dict()})
-            distributed.barrier()
-            if rank == 0:
-                save_checkpoint(run_dir, {"step": step, "pushed": pushed, "train_seconds": train_seconds,
-                                          "generator": generator.state_dict(), "ema": ema.state_dict(),
-                                          "optimizer": opt.state_dict()})
-        if logger and evaluate and (step % cfg.train.eval_every == 0 or last):
-            paused = time.perf_counter()
-            logger.log(step, evaluate(ema.module.eval()))
-            ema.module.train()
-            clock_start += time.perf_counter() - paused  # the evaluation is not training time
+
+    def checkpoint() -> None:
+        """The queues of every rank, then rank 0's generator, EMA, optimiser and clock."""
+        save_checkpoint(run_dir / "queues" / f"rank{rank}", {"step": step, "queues": queues.state_dict()})
+        distributed.barrier()
+        if rank == 0:
+            save_checkpoint(run_dir, {"step": step, "pushed": pushed, "train_seconds": train_seconds,
+                                      "generator": generator.state_dict(), "ema": ema.state_dict(),
+                                      "optimizer": opt.state_dict()})
+
+    with stop_requests() as stop:  # SIGTERM / Ctrl-C: checkpoint at the next step boundary, then TrainingStopped
+        while progress < 1.0:
+            if not distributed.all_true(not stop, device):  # a rank was signalled: every rank saves, then all stop
+                train_seconds = clock()
+                checkpoint()
+                bar.close()
+                raise TrainingStopped(f"stopped by {stop[0].name if stop else 'another rank'} at step {step}: checkpoint "
+                                      f"saved in {run_dir}; run the same command to resume")
+            x, y = next(loader)
+            queues.push(x, y)
+            pushed += 1
+            ready = len(queues.ready_classes(b.n_pos)) >= b.n_classes and queues.unconditional.filled()[0] >= b.n_unc
+            if not distributed.all_true(ready, device):  # every rank fills its queues before any rank steps
+                continue
+            lr = schedule(step, progress)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = draw_batch(queues, generator, cfg, step_generator(cfg.seed, step, rank)).to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.bf16):
+                loss, info = drift_step_loss(model, features, batch, config, cfg.drift.chunk_groups)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(generator.parameters(), cfg.optim.grad_clip)
+            opt.step()
+            ema.update_parameters(generator)
+            step += 1
+            train_seconds = clock()
+            progress = schedule.progress(step, train_seconds)
+            last = progress >= 1.0
+            bar.update()
+            if timed:
+                bar.set_postfix(budget=f"{min(progress, 1.0):.0%}", refresh=False)
+            if step % cfg.train.log_every == 0 or last:
+                metrics = {"loss/drift": distributed.mean_over_ranks(loss).item(), "loss/grad_norm": grad_norm.item(),
+                           "lr": lr, "speed/steps_per_s": (step - last_logged) / (train_seconds - last_seconds),
+                           "time/train_seconds": train_seconds, **info}
+                last_logged, last_seconds = step, train_seconds
+                if logger:
+                    logger.log(step, metrics)
+            if step % cfg.train.checkpoint_every == 0 or last:
+                checkpoint()
+            if logger and evaluate and (step % cfg.train.eval_every == 0 or last):
+                paused = time.perf_counter()
+                logger.log(step, evaluate(ema.module.eval()))
+                ema.module.train()
+                clock_start += time.perf_counter() - paused  # the evaluation is not training time
     bar.close()
     if logger:
         ema.module.save_pretrained(run_dir / GENERATOR_DIR)

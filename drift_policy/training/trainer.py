@@ -2,14 +2,11 @@
 periodic rollouts, logs, atomic checkpoints and resume."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import signal
-import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import hydra
 import numpy as np
@@ -26,6 +23,7 @@ from drift_policy.tasks import load_task
 from drift_policy.training.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from drift_policy.training.logging import RunLogger
 from drift_policy.training.schedule import LRSchedule
+from drift_policy.training.stopping import TrainingStopped, stop_requests
 
 POLICY_DIR = "policy"
 SNAPSHOT_DIR = "snapshots"  # <run>/snapshots/<pct>pct: the EMA policy at train.snapshots fractions of the budget
@@ -66,34 +64,6 @@ def build_policy(cfg: DictConfig) -> Policy:
         n_obs_steps=task.n_obs_steps, horizon=task.horizon, n_action_steps=task.n_action_steps,
         task=OmegaConf.to_container(task, resolve=True), _recursive_=False,  # the task's _target_s stay data
     )
-
-
-class TrainingStopped(Exception):
-    """Training stopped on SIGTERM or SIGINT after writing a checkpoint; the same command resumes it."""
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[list[signal.Signals]]:
-    """While open, SIGTERM and SIGINT (preemption, Ctrl-C) are recorded in the yielded list instead of killing the
-    process mid-step; a second one acts at once as usual. No-op outside the main thread, where signals cannot be set."""
-    received: list[signal.Signals] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {}
-
-    def handle(signum: int, frame: Any) -> None:
-        received.append(signal.Signals(signum))
-        signal.signal(signum, previous[signum])  # a second signal is not deferred
-        print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step (send it again to stop at once)", flush=True)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, handle)
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:

@@ -20,3 +20,9 @@ def toy_config(tmp_path):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
             return compose("train", overrides=TOY + [f"run_dir={tmp_path / run}", *extra])
     return make
+
+
+@pytest.fixture
+def toy_overrides() -> list[str]:
+    """The toy-scale overrides, for a run launched as a command."""
+    return list(TOY)

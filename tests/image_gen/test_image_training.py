@@ -1,5 +1,10 @@
 """Training pieces: queues, guidance weights, one toy run end to end, and exact resume after an interrupt."""
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +17,7 @@ from image_gen.queues import SampleQueues
 from image_gen.trainer import train
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_class_queue_keeps_the_newest_and_samples_without_replacement():
@@ -82,6 +88,33 @@ def test_resume_after_interrupt_replays_the_uninterrupted_run(toy_config):
         assert torch.equal(v, resumed["generator"][k]), k
     for k, v in straight["ema"].items():
         assert torch.equal(v, resumed["ema"][k]), k
+
+
+def _stop_after(command: list[str], run_dir: Path, step: int) -> int:
+    """Start the run, SIGTERM it once it has logged a step after `step`; the step it says it stopped at."""
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        rows = metrics.read_text().splitlines() if metrics.exists() else []
+        if any(json.loads(row)["step"] > step for row in rows if row.endswith("}")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    stopped = [line for line in out.splitlines() if line.startswith("stopped by SIGTERM at step ")]
+    assert proc.returncode == 0 and stopped and "run the same command to resume" in stopped[0], out[-2000:]
+    return int(stopped[0].split(" at step ")[1].split(":")[0])
+
+
+def test_sigterm_checkpoints_the_step_reached_and_the_same_command_goes_on(tmp_path, toy_overrides):
+    """A killed image run loses nothing: the stop saves the step it reached, not the last periodic checkpoint's."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "image_gen/train.py", *toy_overrides, f"run_dir={run_dir}", "train.steps=100000",
+               "train.checkpoint_every=1000", "train.eval_every=1000", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    first = _stop_after(command, run_dir, 0)
+    assert 0 < first < 1000 and load_checkpoint(run_dir)["step"] == first
+    second = _stop_after(command, run_dir, first)
+    assert second > first and load_checkpoint(run_dir)["step"] == second
 
 
 def test_a_missing_latent_cache_without_its_source_names_the_command_that_builds_it(tmp_path):
