@@ -12,8 +12,7 @@ Outputs under `out` (default outputs/image_gen/demo_mnist/): guidance.png, sampl
 samples_alpha1.png, real.png, result.json, run/ (metrics.jsonl, curves.png, checkpoints, generator/),
 mae/, judge/. A killed run resumes where it stopped (the judge and the encoder are kept, the generator
 resumes from its checkpoint and its training clock; SIGTERM / Ctrl-C first saves the step reached); restart=true
-starts over. result.json records the
-generator steps taken and their training minutes.
+starts over. result.json records the generator steps taken and their training minutes.
 
     python image_gen/demo_mnist.py                    # CPU, 2 threads
     python image_gen/demo_mnist.py device=cuda        # the same run on a GPU
