@@ -72,6 +72,7 @@ class DemoOptions:
     lr: float = 2e-3  # peak of lr_schedule; the cosine's decay to 0 settles the samples
     lr_schedule: str = "cosine"  # optim.schedule: cosine (to 0 when the budget ends) | constant, after the warm-up
     ema_decay: float = 0.995  # optim.ema_decay of the sampled (EMA) generator
+    ema_power: float | None = None  # optim.ema_power: null, the fixed decay from step 1; P, a warm-up to ema_decay
     # train.yaml overrides applied last: feature.patch_sizes and feature.raw (the loss's scales), queue.*, model.*
     generator_set: list[str] = field(default_factory=list)
     # The paper's (0.02, 0.05, 0.2) hold the zero-initialised generator's collapsed start at the class mean
@@ -113,6 +114,7 @@ def generator_overrides(opts: DictConfig, mae_dir: Path, run_dir: Path) -> list[
             f"queue.push_per_step={opts.queue_push}", f"optim.lr={opts.lr}",
             f"drift.temperatures={list(opts.temperatures)}", "optim.warmup_steps=50",
             f"optim.schedule={opts.lr_schedule}", f"optim.ema_decay={opts.ema_decay}",
+            f"optim.ema_power={_override(opts.ema_power)}",
             f"train.steps={_override(opts.steps)}", f"train.max_minutes={_override(opts.minutes)}",
             "train.log_every=25", f"train.checkpoint_every={opts.eval_every}", f"train.eval_every={opts.eval_every}",
             "train.num_workers=0", "train.checkpointing=false", *opts.generator_set]

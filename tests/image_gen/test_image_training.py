@@ -14,7 +14,7 @@ from image_gen.guidance import sample_alpha, unconditional_weight
 from image_gen.image_data import prepare_dataset
 from image_gen.models.generator import DriftDiT
 from image_gen.queues import SampleQueues
-from image_gen.trainer import train
+from image_gen.trainer import ema_multi_avg_fn, train
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +66,21 @@ def test_guidance_weights_make_the_unconditional_share_of_negatives_one_minus_on
     assert torch.allclose(share, 1 - 1 / alpha)
     with pytest.raises(ValueError, match="alpha must be >= 1"):
         unconditional_weight(torch.tensor([0.5]), 4, 4)
+
+
+@pytest.mark.parametrize("power", [None, 0.75])
+def test_ema_warm_up_follows_its_decay_formula(power):
+    """Fixed: every update keeps 0.995 of the average; warmed up: min(0.995, 1 - (1 + n)^-power) after n updates."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.995, power))
+    expected = 0.0
+    for n, value in enumerate([0.0, 1.0, 2.0, 3.0]):  # the first update copies the weight
+        model.weight.data.fill_(value)
+        ema.update_parameters(model)
+        decay = 0.995 if power is None else min(0.995, 1 - (1 + n) ** -power)
+        expected = value if n == 0 else decay * expected + (1 - decay) * value
+        assert ema.module.weight.item() == pytest.approx(expected, abs=1e-6)
+    assert expected > 1.0 if power else expected < 0.05  # the warm-up follows the weights, the fixed decay lags
 
 
 def test_toy_run_writes_generator_logs_and_checkpoint(toy_config):
