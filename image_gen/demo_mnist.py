@@ -14,10 +14,9 @@ mae/, judge/. A killed run resumes where it stopped (the judge and the encoder a
 resumes from its checkpoint and its training clock; SIGTERM / Ctrl-C first saves the step reached); restart=true
 starts over. result.json records the generator steps taken and their training minutes.
 
-    python image_gen/demo_mnist.py                    # CPU, 2 threads
-    python image_gen/demo_mnist.py device=cuda        # the same run on a GPU
-    python image_gen/demo_mnist.py steps=3000 n_gen=32 restart=true   # any DemoOptions field as key=value
-    python image_gen/demo_mnist.py minutes=20 steps=null               # the generator trains 20 minutes
+    python image_gen/demo_mnist.py                    # CPU, 2 threads: the generator trains 24 minutes
+    python image_gen/demo_mnist.py device=cuda minutes=null steps=10000   # a GPU, a budget of steps
+    python image_gen/demo_mnist.py n_gen=32 restart=true   # any DemoOptions field as key=value
     python image_gen/demo_mnist.py mae_stem_stride=1 "generator_set=['feature.patch_sizes=[4]',queue.per_class=256]"
 """
 from __future__ import annotations
@@ -60,19 +59,22 @@ class DemoOptions:
     mae_stem_stride: int = 2  # mae.yaml encoder.stem_stride: 2 halves the first map (28 -> 14), 1 keeps every pixel
     # mae.yaml overrides applied last (encoder.width, encoder.blocks: the stages whose maps feed the loss, mae.*)
     mae_set: list[str] = field(default_factory=list)
-    steps: int | None = 1800  # generator steps; null: minutes alone is the budget
+    steps: int | None = None  # generator steps; null: minutes alone is the budget
     # generator training wall-clock minutes (evaluations excluded); with steps, the earlier budget ends the run
-    # and the LR schedule. null: steps alone
-    minutes: float | None = None
+    # and the LR schedule. null: steps alone. 24 keeps the whole demo within 30 minutes on a slow 2-core machine
+    minutes: float | None = 24.0
     model: str = "S_4"  # the generator: configs/model/<model>.yaml (S_4 is the one sized for 28x28 MNIST)
     n_gen: int = 16  # generated samples per class per step (10 classes per step)
     n_pos: int = 32
     n_unc: int = 16
     queue_push: int = 128  # queue.push_per_step (the sizes: queue.per_class, queue.unconditional in generator_set)
-    lr: float = 2e-3  # peak of lr_schedule; the cosine's decay to 0 settles the samples
+    lr: float = 4e-3  # peak of lr_schedule; the cosine's decay to 0 settles the samples (image_gen/README.md: levers)
     lr_schedule: str = "cosine"  # optim.schedule: cosine (to 0 when the budget ends) | constant, after the warm-up
     ema_decay: float = 0.995  # optim.ema_decay of the sampled (EMA) generator
     ema_power: float | None = None  # optim.ema_power: null, the fixed decay from step 1; P, a warm-up to ema_decay
+    # feature.raw_patches: k x k pixel patches as drift fields, one per location: they see the stroke texture that the
+    # raw 784-D vector and the stride-2 encoder average away
+    raw_patches: list[int] = field(default_factory=lambda: [2, 4])
     # train.yaml overrides applied last: feature.patch_sizes and feature.raw (the loss's scales), queue.*, model.*
     generator_set: list[str] = field(default_factory=list)
     # The paper's (0.02, 0.05, 0.2) hold the zero-initialised generator's collapsed start at the class mean
@@ -112,7 +114,8 @@ def generator_overrides(opts: DictConfig, mae_dir: Path, run_dir: Path) -> list[
             f"feature.encoder_path={mae_dir}", f"run_dir={run_dir}", "batch.n_classes=10",
             f"batch.n_gen={opts.n_gen}", f"batch.n_pos={opts.n_pos}", f"batch.n_unc={opts.n_unc}",
             f"queue.push_per_step={opts.queue_push}", f"optim.lr={opts.lr}",
-            f"drift.temperatures={list(opts.temperatures)}", "optim.warmup_steps=50",
+            f"drift.temperatures={list(opts.temperatures)}", f"feature.raw_patches={list(opts.raw_patches)}",
+            "optim.warmup_steps=50",
             f"optim.schedule={opts.lr_schedule}", f"optim.ema_decay={opts.ema_decay}",
             f"optim.ema_power={_override(opts.ema_power)}",
             f"train.steps={_override(opts.steps)}", f"train.max_minutes={_override(opts.minutes)}",

@@ -104,6 +104,7 @@ def test_the_demo_passes_minutes_to_the_generator_as_its_wall_clock_budget():
         train_cfg = compose_config("train", overrides).train
         return train_cfg.steps, train_cfg.max_minutes
 
-    assert budget() == (1800, None)
-    assert budget("minutes=20", "steps=null") == (None, 20.0)
-    assert budget("minutes=2.5") == (1800, 2.5)
+    assert budget() == (None, 24.0)
+    assert budget("minutes=20") == (None, 20.0)
+    assert budget("minutes=null", "steps=1800") == (1800, None)
+    assert budget("steps=1800") == (1800, 24.0)  # both: the earlier ends the run

@@ -102,7 +102,7 @@ def test_a_budget_of_steps_reaches_every_arm_and_a_minutes_result_is_not_taken_f
     arms = parse_arms(["baseline=", "lr1e-3=lr=1e-3"])
     results = run_arms(arms, tmp_path, Budget(steps=1000), FakeDemo())
     assert [(r["options"]["steps"], r["options"]["minutes"], r["options"]["lr"]) for r in results] == [
-        (1000, None, 2e-3), (1000, None, 1e-3)]
+        (1000, None, 4e-3), (1000, None, 1e-3)]
     with pytest.raises(ValueError, match=r"baseline/result.json was run with other options"):
         run_arms(arms, tmp_path, BUDGET, FakeDemo())
     for wrong in ({}, {"minutes": 22.0, "steps": 1000}):
@@ -148,9 +148,12 @@ def test_the_demo_levers_reach_the_composed_configs():
     assert (list(cfg.feature.patch_sizes), cfg.feature.raw) == ([4], False)
 
 
-def test_the_demo_defaults_are_the_settings_it_always_had():
+def test_the_demo_defaults_are_the_lever_table_winners():
+    """image_gen/README.md's levers: LR 4e-3, 2x2 and 4x4 pixel-patch fields, the absolute position table, 24 minutes."""
     opts = parse_options([])
     assert compose_config("mae", mae_overrides(opts, Path("mae"))).encoder.stem_stride == 2
     cfg = compose_config("train", generator_overrides(opts, Path("mae"), Path("run")))
     assert (cfg.model.width, cfg.model.patch_size, cfg.optim.ema_decay, cfg.optim.schedule) == (128, 4, 0.995, "cosine")
     assert (cfg.queue.push_per_step, list(cfg.feature.patch_sizes), cfg.feature.raw) == (128, [2, 4], True)
+    assert (cfg.optim.lr, list(cfg.feature.raw_patches), cfg.model.abs_pos_embed) == (4e-3, [2, 4], True)
+    assert (cfg.train.steps, cfg.train.max_minutes, cfg.batch.n_gen) == (None, 24.0, 16)
