@@ -210,6 +210,7 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
                                       "generator": generator.state_dict(), "ema": ema.state_dict(),
                                       "optimizer": opt.state_dict()})
 
+    filled = False
     with stop_requests() as stop:  # SIGTERM / Ctrl-C: checkpoint at the next step boundary, then TrainingStopped
         while progress < 1.0:
             if not distributed.all_true(not stop, device):  # a rank was signalled: every rank saves, then all stop
@@ -221,9 +222,11 @@ def train(cfg: DictConfig, evaluate: Optional[Callable[[DriftDiT], dict[str, flo
             x, y = next(loader)
             queues.push(x, y)
             pushed += 1
-            ready = len(queues.ready_classes(b.n_pos)) >= b.n_classes and queues.unconditional.filled()[0] >= b.n_unc
-            if not distributed.all_true(ready, device):  # every rank fills its queues before any rank steps
-                continue
+            if not filled:  # every rank fills its queues before any rank steps; queues only grow, so once is enough
+                ready = len(queues.ready_classes(b.n_pos)) >= b.n_classes and queues.unconditional.filled()[0] >= b.n_unc
+                filled = distributed.all_true(ready, device)
+                if not filled:
+                    continue
             lr = schedule(step, progress)
             for group in opt.param_groups:
                 group["lr"] = lr
