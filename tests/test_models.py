@@ -137,6 +137,30 @@ def test_encoder_output_layout_is_sorted_keys_per_step(pusht_obs):
     torch.testing.assert_close(out[:, 18:20], pusht_obs["agent_pos"][:, 1])
 
 
+def test_rgb_steps_encodes_only_the_latest_frames_and_keeps_the_low_dim_history(pusht_obs):
+    """obs_encoder.rgb_steps=1: one ResNet pass per camera per observation; agent_pos keeps both steps."""
+    torch.manual_seed(0)
+    latest = ObsEncoder(IMAGE_META, n_obs_steps=2, rgb_steps=1, **SMALL).eval()
+    out = latest(pusht_obs)
+    assert latest.output_dim == 2 * 2 + 16 and out.shape == (4, latest.output_dim)
+    torch.testing.assert_close(out[:, 0:2], pusht_obs["agent_pos"][:, 0])
+    torch.testing.assert_close(out[:, 2:4], pusht_obs["agent_pos"][:, 1])
+    frame = pusht_obs["image"][:, 1, 6:90, 6:90].permute(0, 3, 1, 2).float() / 255  # the eval crop of the latest frame
+    with torch.no_grad():
+        torch.testing.assert_close(out[:, 4:], latest.rgb_models["image"](frame))
+    earlier_changed = {**pusht_obs, "image": pusht_obs["image"].clone()}
+    earlier_changed["image"][:, 0] = 255 - earlier_changed["image"][:, 0]
+    torch.testing.assert_close(latest(earlier_changed), out)
+    torch.manual_seed(0)
+    every = ObsEncoder(IMAGE_META, n_obs_steps=2, rgb_steps=2, crop_shape=(76, 76), **SMALL).eval()
+    torch.manual_seed(0)
+    default = ObsEncoder(IMAGE_META, n_obs_steps=2, crop_shape=(76, 76), **SMALL).eval()
+    torch.testing.assert_close(every(pusht_obs), default(pusht_obs))  # all frames: the layout of every trained policy
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match=rf"rgb_steps must be 1..n_obs_steps \(2\).*got {bad}"):
+            ObsEncoder(IMAGE_META, n_obs_steps=2, rgb_steps=bad, **SMALL)
+
+
 def test_low_dim_only_encoder_concatenates():
     meta = {"keypoint": {"shape": [18], "type": "low_dim"}, "agent_pos": {"shape": [2]}}
     enc = ObsEncoder(meta, n_obs_steps=2)

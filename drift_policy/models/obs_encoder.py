@@ -90,14 +90,19 @@ class ObsEncoder(nn.Module):
     not only from the policy's own recent motion (ChauffeurNet's past-motion dropout; screened against Push-T's drift
     stalls in bench/README). Each rgb key (uint8 [B, To, H, W, 3]) is cropped
     (random per frame in training, center in eval), scaled to [0, 1] and encoded by its own ResNet, or by
-    one shared ResNet with share_rgb_model=True. Keys are laid out in sorted order, per observation step.
+    one shared ResNet with share_rgb_model=True. rgb_steps encodes only each camera's latest rgb_steps frames (None:
+    all To), so a step costs fewer ResNet passes while the low-dim history still carries the motion. Keys are laid out
+    in sorted order, per observation step (a step's frame left out is left out of its step).
     """
 
     def __init__(self, shape_meta_obs: Mapping[str, Any], n_obs_steps: int, crop_shape: Sequence[int] | None = (84, 84),
                  layers: Sequence[int] = (2, 2, 2, 2), num_keypoints: int = 32, feature_dim: int = 64,
                  pretrained_path: str | None = None, share_rgb_model: bool = False, low_dim_noise_std: float = 0.0,
-                 history_dropout: float = 0.0) -> None:
+                 history_dropout: float = 0.0, rgb_steps: int | None = None) -> None:
         super().__init__()
+        if rgb_steps is not None and not 1 <= rgb_steps <= n_obs_steps:
+            raise ValueError(f"rgb_steps must be 1..n_obs_steps ({n_obs_steps}) frames per camera, or None for all, got {rgb_steps}")
+        self.rgb_steps = n_obs_steps if rgb_steps is None else int(rgb_steps)
         if not low_dim_noise_std >= 0:
             raise ValueError(f"low_dim_noise_std must be >= 0 (0: no observation noise), got {low_dim_noise_std}")
         if not 0 <= history_dropout <= 1:
@@ -126,8 +131,8 @@ class ObsEncoder(nn.Module):
         self.rgb_models = nn.ModuleDict({
             name: RgbEncoder(self.crop_shape or self.shapes[keys[0]][:2], layers, num_keypoints, feature_dim, pretrained_path)
             for name, keys in self.camera_groups.items()})
-        per_step_dim = sum(feature_dim if key in self.rgb_keys else math.prod(shape) for key, shape in self.shapes.items())
-        self.output_dim = n_obs_steps * per_step_dim
+        low_dim = sum(math.prod(shape) for key, shape in self.shapes.items() if key not in self.rgb_keys)
+        self.output_dim = n_obs_steps * low_dim + self.rgb_steps * feature_dim * len(self.rgb_keys)
 
     @staticmethod
     def _check_image_shape(key: str, shape: tuple[int, ...], crop_shape: Sequence[int] | None) -> None:
@@ -144,12 +149,16 @@ class ObsEncoder(nn.Module):
         if self.training and self.low_dim_noise_std:
             features = {key: value + self.low_dim_noise_std * torch.randn_like(value) for key, value in features.items()}
         for name, keys in self.camera_groups.items():
-            frames = torch.cat([self._crop(obs[key].flatten(0, 1)) for key in keys])  # uint8 [cams * B * To, h, w, 3]
+            # uint8 [cams * B * rgb_steps, h, w, 3]
+            frames = torch.cat([self._crop(obs[key][:, -self.rgb_steps:].flatten(0, 1)) for key in keys])
             # One uint8 -> [0, 1] conversion for the whole batch; the NHWC strides are kept (channels_last runs faster on CPU).
             images = frames.permute(0, 3, 1, 2).float().div_(255)
-            encoded = self.rgb_models[name](images).unflatten(0, (len(keys), -1, self.n_obs_steps))  # [cams, B, To, F]
+            encoded = self.rgb_models[name](images).unflatten(0, (len(keys), -1, self.rgb_steps))  # [cams, B, rgb_steps, F]
             features.update(zip(keys, encoded))
-        return torch.cat([features[key] for key in self.shapes], dim=-1).flatten(1)
+        first_rgb_step = self.n_obs_steps - self.rgb_steps
+        steps = [[features[key][:, t - first_rgb_step if key in self.rgb_keys else t] for key in self.shapes
+                  if key not in self.rgb_keys or t >= first_rgb_step] for t in range(self.n_obs_steps)]
+        return torch.cat([part for step in steps for part in step], dim=-1)
 
     def _still_history(self, obs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each sample, with probability history_dropout, gets its latest step repeated over the whole history."""
