@@ -88,7 +88,7 @@ def profile_arm(name: str, overrides: list[str], steps: int) -> dict:
            "ema_ms": median_ms(lambda: ema.step(policy.parameters()), steps)}
     if policy.obs_encoder.rgb_keys:  # visual tasks: the image path (crop + uint8 -> float, then the ResNets) on its own
         obs = policy.normalizer.normalize_dict(batch["obs"])
-        frames = batch["obs"][policy.obs_encoder.rgb_keys[0]].flatten(0, 1)
+        frames = batch["obs"][policy.obs_encoder.rgb_keys[0]][:, -policy.obs_encoder.rgb_steps:].flatten(0, 1)  # the frames encoded
         row["crop_ms"] = median_ms(lambda: policy.obs_encoder._crop(frames), steps)
         row["encoder_fwd+bwd_ms"] = median_ms(lambda: policy.obs_encoder(obs).square().mean().backward(), steps)
     if hasattr(policy, "drift_config"):
