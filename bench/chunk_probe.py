@@ -5,10 +5,14 @@ episode seed) and, at every policy call, also draws --samples chunks for the sam
 noise stream. Per call it prints the reward so far, the agent's displacement over the observation history, the spread
 of the sampled chunks' end points, and the median distance from the agent of each chunk step (the executed steps are
 To-1 .. To+Ta-2). First it prints the same distances for the demos' own windows, binned by the agent's motion over
-the history, as the reference a call is read against. For tasks whose actions are target positions in the space of an
+the history, as the reference a call is read against. With --neighbours K it also prints, per call, the K demo windows
+nearest to the observation (every key over the history in units of its demo std, each key weighing the same): their distance, how far their
+executed chunk ends lead from the latest position, and how well those leads agree in direction (resultant length:
+1 all one way, 0 cancelling) with the length of their mean. A chunk that stays near the agent where the neighbours lead
+far but cancel is the mean of several modes. For tasks whose actions are target positions in the space of an
 observation key (Push-T: agent_pos).
 
-    python bench/chunk_probe.py <run>/policy --seed 100025
+    python bench/chunk_probe.py <run>/policy --seed 100025 [--neighbours 16]
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, required=True, help="the episode seed, as in eval.json")
     parser.add_argument("--samples", type=int, default=32, help="chunks drawn per call to see their spread")
     parser.add_argument("--pos-key", default="agent_pos", help="the observation key whose space the actions are targets in")
+    parser.add_argument("--neighbours", type=int, default=0, help="per call, the K nearest demo windows' executed leads")
     args = parser.parse_args()
     policy = Policy.from_pretrained(args.policy)
     task = policy.config.task
@@ -39,7 +44,10 @@ def main() -> None:
                     (policy.horizon - 1) // 2})
     print(f"chunk steps shown: {shown} (executed: {policy.n_obs_steps - 1}..{policy.n_obs_steps + policy.n_action_steps - 2})")
     spec = load_task(task)
-    print_demo_reference(spec.make_dataset(), args.pos_key, policy.n_obs_steps, policy.horizon, shown)
+    demos = spec.make_dataset()
+    print_demo_reference(demos, args.pos_key, policy.n_obs_steps, policy.horizon, shown)
+    executed_end = policy.n_obs_steps + policy.n_action_steps - 2
+    windows = DemoWindows(demos, sorted(policy.obs_meta), args.pos_key, policy.n_obs_steps, policy.horizon, executed_end)
     env = MultiStepWrapper(spec.make_env(), task["n_obs_steps"], task["n_action_steps"], task["max_steps"])
     obs, _ = env.reset(seed=args.seed)
     acting, probing = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(0)
@@ -54,9 +62,53 @@ def main() -> None:
         moved = np.linalg.norm(agent - obs[args.pos_key][0])
         print(f"call {call:3d}  agent {np.round(agent).astype(int)}  reward {reward:.2f}  moved {moved:5.1f}  "
               f"end spread {spread:5.1f}  distance from agent per step {np.round(lead[shown]).astype(int)}")
+        if args.neighbours:
+            print("          " + windows.describe(obs, args.neighbours))
         action = policy.predict_action({k: v[None] for k, v in obs.items()}, generator=[acting])[0]
         obs, r, terminated, truncated, _ = env.step(action)
         reward, done, call = max(reward, float(r)), terminated or truncated, call + 1
+
+
+class DemoWindows:
+    """Every demo window's observation history (standardised per key, each key scaled to weigh the same in a distance
+    whatever its size: 2 agent coordinates count as much as 18 keypoint ones) and its executed chunk end's lead from the
+    latest position, for nearest-neighbour lookups of a policy call's observation."""
+
+    def __init__(self, demos: ReplayBuffer, keys: list[str], pos_key: str, n_obs_steps: int, horizon: int,
+                 executed_end: int) -> None:
+        self.keys, self.pos_key, self.n_obs_steps = keys, pos_key, n_obs_steps
+        flat = {k: demos.data[k].reshape(len(demos.data[k]), -1).astype(np.float64) for k in keys}
+        self.mean = {k: v.mean(0) for k, v in flat.items()}
+        # per feature: its std times sqrt(the key's features), so each key adds its mean squared z-score to a distance
+        self.std = {k: (v.std(0) + 1e-6) * np.sqrt(v.shape[1] * n_obs_steps) for k, v in flat.items()}
+        features, leads = [], []
+        for i in range(demos.n_episodes):
+            episode = demos.episode_slice(i)
+            for first in range(episode.start, episode.stop - horizon + 1):
+                features.append(np.concatenate([((flat[k][first:first + n_obs_steps] - self.mean[k]) / self.std[k]).ravel()
+                                                for k in keys]))  # key-major
+                latest = demos.data[pos_key][first + n_obs_steps - 1]
+                leads.append(demos.data["action"][first + executed_end] - latest)
+        self.features, self.leads = np.array(features), np.array(leads)
+
+    def describe(self, obs: dict[str, np.ndarray], k: int) -> str:
+        """One line on the k windows nearest to `obs` ({key: [To, ...]}): distance (RMS z-score over keys), lead lengths, agreement."""
+        query = np.concatenate([((obs[key].reshape(self.n_obs_steps, -1) - self.mean[key]) / self.std[key]).ravel()
+                                for key in self.keys])
+        distance = np.sqrt(((self.features - query) ** 2).sum(axis=1) / len(self.keys))
+        nearest = np.argsort(distance)[:k]
+        leads = self.leads[nearest]
+        lengths = np.linalg.norm(leads, axis=-1)
+        offsets, per_key = self.features[nearest[0]] - query, []
+        for key in self.keys:  # the nearest window's distance per key, in the same units
+            width = self.mean[key].size * self.n_obs_steps
+            per_key.append(f"{key} {np.sqrt((offsets[:width] ** 2).sum()):.2f}")
+            offsets = offsets[width:]
+        resultant = np.linalg.norm((leads / np.maximum(lengths[:, None], 1e-9)).mean(0))
+        return (f"{k} nearest demo windows: RMS distance {distance[nearest].min():.2f}-{distance[nearest].max():.2f} std "
+                f"(nearest: {', '.join(per_key)}), "
+                f"executed lead {np.median(lengths):.0f} px (median), directions agree {resultant:.2f}, "
+                f"their mean lead {np.linalg.norm(leads.mean(0)):.0f} px")
 
 
 def print_demo_reference(demos: ReplayBuffer, pos_key: str, n_obs_steps: int, horizon: int, shown: list[int]) -> None:
