@@ -97,10 +97,11 @@ def test_mlp_backbone_policy_export_matches_torch(pusht, tmp_path, overrides):
     _assert_parity(policy, tmp_path / "mlp.onnx", _obs(buffer, None, policy.obs_meta))
 
 
-def test_image_policy_export_matches_torch(pusht, tmp_path):
+@pytest.mark.parametrize("frames", [[], ["+task.obs_encoder.rgb_steps=1"]], ids=["every-frame", "latest-frame"])
+def test_image_policy_export_matches_torch(pusht, tmp_path, frames):
     buffer, images = pusht
-    policy = _policy(buffer, "task=push_t_image", *TINY_ENCODER)
-    assert policy.obs_encoder.rgb_keys == ["image"]
+    policy = _policy(buffer, "task=push_t_image", *TINY_ENCODER, *frames)
+    assert policy.obs_encoder.rgb_keys == ["image"] and policy.obs_encoder.rgb_steps == (1 if frames else 2)
     _assert_parity(policy, tmp_path / "image.onnx", _obs(buffer, images, policy.obs_meta))
 
 
