@@ -149,11 +149,13 @@ def test_the_demo_levers_reach_the_composed_configs():
 
 
 def test_the_demo_defaults_are_the_lever_table_winners():
-    """image_gen/README.md's levers: LR 4e-3, 2x2 and 4x4 pixel-patch fields, the absolute position table, 24 minutes."""
+    """image_gen/README.md's levers: LR 4e-3, 2x2 and 4x4 pixel-patch fields, the absolute position table, 4 registers,
+    24 minutes."""
     opts = parse_options([])
     assert compose_config("mae", mae_overrides(opts, Path("mae"))).encoder.stem_stride == 2
     cfg = compose_config("train", generator_overrides(opts, Path("mae"), Path("run")))
     assert (cfg.model.width, cfg.model.patch_size, cfg.optim.ema_decay, cfg.optim.schedule) == (128, 4, 0.995, "cosine")
     assert (cfg.queue.push_per_step, list(cfg.feature.patch_sizes), cfg.feature.raw) == (128, [2, 4], True)
     assert (cfg.optim.lr, list(cfg.feature.raw_patches), cfg.model.abs_pos_embed) == (4e-3, [2, 4], True)
+    assert cfg.model.num_registers == 4
     assert (cfg.train.steps, cfg.train.max_minutes, cfg.batch.n_gen) == (None, 24.0, 16)
