@@ -302,6 +302,25 @@ def test_unexecuted_weight_zero_drifts_the_executed_steps_alone(dataset, batch):
         _policy(dataset, "+policy.unexecuted_weight=-1")
 
 
+def test_noise_film_feeds_the_whole_draw_to_the_conditioning(dataset, batch):
+    """+policy.noise_film=true: the backbone's conditioning is the observation features followed by the scaled T*Da
+    noise, in training and in predict_action (still one network evaluation); by default the features alone."""
+    seen = []
+    for setting in ("false", "true"):
+        policy = _policy(dataset, f"+policy.noise_film={setting}").eval()
+        policy.model.register_forward_pre_hook(lambda _, args: seen.append(args))
+        policy.predict_action(batch["obs"])
+        noise, cond = seen[-1]
+        features = policy.obs_encoder.output_dim
+        if setting == "false":
+            assert cond.shape[1] == features == policy.cond_dim
+        else:
+            assert cond.shape[1] == policy.cond_dim == features + policy.horizon * policy.action_dim
+            torch.testing.assert_close(cond[:, features:], noise.flatten(1))
+            assert len(seen) == 2  # one network evaluation per predict_action
+            assert float(policy.train().compute_loss(batch)[0]) > 0 and seen[-1][1].shape[1] == policy.cond_dim
+
+
 def test_unknown_backbone_is_refused_naming_the_choices(dataset):
     with pytest.raises(Exception, match=r"backbone must be one of \['unet', 'mlp'\].*got 'transformer'"):
         _policy(dataset, "+policy.backbone=transformer")
@@ -314,7 +333,7 @@ NON_DEFAULT = {
     "backbone": "mlp", "mlp": {"hidden_dim": 32, "n_blocks": 1, "time_embed_dim": 16},  # builds the MLP (unet unused)
     "obs_encoder": {"feature_dim": 8}, "task": {"name": "push_t", "max_steps": 16},
     "n_generated": 3, "drift_on": "timestep", "noise_std": 0.5, "sample_noise_scale": 0.7, "extra_positives": 2,
-    "unexecuted_weight": 0.5,
+    "unexecuted_weight": 0.5, "noise_film": True,
     "drift": {"temperatures": [0.1, 0.3], "kernel_norm": "targets", "normalize_drift": False, "attraction": 1.5,
               "repulsion": 0.5, "stats_over": "batch", "group_weight_power": 2.0},
     "num_train_timesteps": 50, "num_inference_steps": 5, "sampler": "ddim", "beta_schedule": "linear",

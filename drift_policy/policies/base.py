@@ -109,8 +109,13 @@ class Policy(nn.Module):
         kwargs = dict(config.mlp if config.backbone == "mlp" else config.unet)
         kwargs["time_embed_dim"] = kwargs.get("time_embed_dim", 128) if self.uses_timestep else None
         if config.backbone == "mlp":
-            return ChunkMLP(self.action_dim, self.obs_encoder.output_dim, config.horizon, **kwargs)
-        return ConditionalUnet1D(self.action_dim, self.obs_encoder.output_dim, **kwargs)
+            return ChunkMLP(self.action_dim, self.cond_dim, config.horizon, **kwargs)
+        return ConditionalUnet1D(self.action_dim, self.cond_dim, **kwargs)
+
+    @property
+    def cond_dim(self) -> int:
+        """Width of the conditioning vector the backbone's FiLM layers read: the encoded observation."""
+        return self.obs_encoder.output_dim
 
     # --- what subclasses provide -------------------------------------------------------------
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:

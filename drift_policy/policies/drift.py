@@ -26,6 +26,10 @@ class DriftPolicyConfig(PolicyConfig):
     # the kernel's distances and the loss weigh the executed steps more (1: the paper's plain chunk; 0: drift on the
     # executed steps alone); a lever against chunks that defer their motion past the executed part
     unexecuted_weight: float = 1.0
+    # the input noise also joins the conditioning, so every FiLM layer reads the whole draw: one global choice can shape
+    # every chunk step (the U-Net otherwise sees the noise through its convolutions, step by step); a lever against
+    # chunks that choose their way only in their unexecuted tail
+    noise_film: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,8 +79,18 @@ class DriftPolicy(Policy):
     def nfe(self) -> int:
         return 1
 
+    @property
+    def cond_dim(self) -> int:
+        return self.obs_encoder.output_dim + (self.horizon * self.action_dim if self.config.noise_film else 0)
+
+    def _generate(self, noise: Tensor, cond: Tensor) -> Tensor:
+        """The backbone on scaled noise [N, T, Da] and observation features [N, C] (the noise joining them with noise_film)."""
+        if self.config.noise_film:
+            cond = torch.cat([cond, noise.flatten(1)], dim=1)
+        return self.model(noise, cond)
+
     def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
-        return self.model(noise[:, 0] * self.sample_scale, cond).clamp(-1.0, 1.0)
+        return self._generate(noise[:, 0] * self.sample_scale, cond).clamp(-1.0, 1.0)
 
     def compute_loss(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, float]]:
         cond = self.encode(batch["obs"])  # [B, C]
@@ -87,7 +101,7 @@ class DriftPolicy(Policy):
             neighbors = self.normalizer.normalize("action", batch["neighbor_action"])  # [B, k, T, Da]
             positives = torch.cat([positives, neighbors], dim=1)
         noise = torch.randn(b * g, t, da, device=cond.device) * self.noise_std
-        gen = self.model(noise, cond.repeat_interleave(g, dim=0)).view(b, g, t, da)
+        gen = self._generate(noise, cond.repeat_interleave(g, dim=0)).view(b, g, t, da)
         with torch.no_grad():  # calibration: the chunks' spread against their distance to the demo chunk (1 = calibrated)
             spread, to_demo = sample_spread(gen.reshape(b, g, t * da), target.reshape(b, 1, t * da))
         p = positives.shape[1]
