@@ -70,7 +70,7 @@ class DriftPolicy(Policy):
         config = self.config  # read once here: the sampler and the loss use plain attributes
         self.n_generated, self.drift_on, self.noise_std = config.n_generated, config.drift_on, config.noise_std
         self.sample_scale = config.noise_std * config.sample_noise_scale
-        self.drift_config, self.extra_positives = config.drift, config.extra_positives
+        self.drift_config, self.extra_positives, self.noise_film = config.drift, config.extra_positives, config.noise_film
         step_weight = torch.full((config.horizon, 1), float(config.unexecuted_weight))
         step_weight[config.n_obs_steps - 1 : config.n_obs_steps - 1 + config.n_action_steps] = 1.0
         self.register_buffer("step_weight", step_weight, persistent=False)  # [T, 1]: what the drift sees of each step
@@ -80,12 +80,12 @@ class DriftPolicy(Policy):
         return 1
 
     @property
-    def cond_dim(self) -> int:
+    def cond_dim(self) -> int:  # read by Policy.__init__ while it builds the backbone, before the plain attributes exist
         return self.obs_encoder.output_dim + (self.horizon * self.action_dim if self.config.noise_film else 0)
 
     def _generate(self, noise: Tensor, cond: Tensor) -> Tensor:
         """The backbone on scaled noise [N, T, Da] and observation features [N, C] (the noise joining them with noise_film)."""
-        if self.config.noise_film:
+        if self.noise_film:
             cond = torch.cat([cond, noise.flatten(1)], dim=1)
         return self.model(noise, cond)
 
