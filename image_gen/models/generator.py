@@ -143,6 +143,7 @@ class DriftDiT(nn.Module):
         style_vocab: int = 64,
         mlp_ratio: float = 4.0,
         abs_pos_embed: bool = False,
+        conv_head: int = 0,
     ) -> None:
         super().__init__()
         if input_size % patch_size:
@@ -151,7 +152,7 @@ class DriftDiT(nn.Module):
             width=width, depth=depth, heads=heads, patch_size=patch_size, input_size=input_size,
             channels=channels, num_classes=num_classes, num_registers=num_registers,
             num_style_tokens=num_style_tokens, style_vocab=style_vocab, mlp_ratio=mlp_ratio,
-            abs_pos_embed=abs_pos_embed,
+            abs_pos_embed=abs_pos_embed, conv_head=conv_head,
         )
         self.patch_size, self.input_size, self.channels = patch_size, input_size, channels
         self.num_style_tokens, self.style_vocab, self.num_classes = num_style_tokens, style_vocab, num_classes
@@ -176,6 +177,11 @@ class DriftDiT(nn.Module):
         # RoPE alone tells a patch token its position only relative to others (and through the unrotated registers);
         # abs_pos_embed adds DiT's fixed table to the patch tokens, so each token knows where in the image it draws.
         self.register_buffer("pos_embed", sincos_2d(grid, width) if abs_pos_embed else None, persistent=False)
+        # Each token's pixels come from one linear map, so nothing mixes pixels across token seams; conv_head=H adds a
+        # residual 3x3 conv -> SiLU -> 3x3 conv (H channels) on the unpatchified image, as U-ViT ends. Zero-initialised
+        # second conv: identity at the start. A lever against MNIST's dotted strokes (image_gen/README.md).
+        self.head = nn.Sequential(nn.Conv2d(channels, conv_head, 3, padding=1), nn.SiLU(),
+                                  nn.Conv2d(conv_head, channels, 3, padding=1)) if conv_head else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -188,7 +194,7 @@ class DriftDiT(nn.Module):
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.normal_(self.class_embed.weight, std=0.02)
         nn.init.normal_(self.style_embed.weight, std=0.02)
-        for linear in [b.ada for b in self.blocks] + [self.final_ada, self.out]:
+        for linear in [b.ada for b in self.blocks] + [self.final_ada, self.out] + ([self.head[-1]] if self.head else []):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
@@ -223,8 +229,8 @@ class DriftDiT(nn.Module):
         shift, scale = self.final_ada(F.silu(cond)).chunk(2, dim=-1)
         x = self.out(modulate(self.final_norm(x[:, registers.shape[1]:]), shift, scale))
         p, grid = self.patch_size, self.input_size // self.patch_size
-        x = x.view(b, grid, grid, p, p, c).permute(0, 5, 1, 3, 2, 4)  # [B, C, gh, p, gw, p]
-        return x.reshape(b, c, h, w)
+        x = x.view(b, grid, grid, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)  # [B, C, gh, p, gw, p] -> image
+        return x if self.head is None else x + self.head(x)
 
     @torch.no_grad()
     def sample(self, labels: Tensor, alpha: float | Tensor = 1.0, generator: Optional[torch.Generator] = None) -> Tensor:

@@ -79,3 +79,24 @@ def test_patch_tokens_know_their_place_only_with_the_absolute_table(abs_pos_embe
     noise, style = torch.randn(2, 1, 8, 8), model.random_style(2)
     labels, alpha = torch.tensor([0, 3]), torch.tensor([1.0, 2.0])
     assert torch.equal(loaded(noise, labels, alpha, style), model.eval()(noise, labels, alpha, style))
+
+
+def test_conv_head_starts_as_the_identity_then_mixes_pixels_across_token_seams(tmp_path):
+    """conv_head=H: a residual 3x3 conv head on the unpatchified image, zero at the start (the same samples as without
+    it), that once trained reads neighbouring pixels across patch borders; the option survives save/load."""
+    kwargs = dict(width=32, depth=1, heads=2, patch_size=2, input_size=8, channels=1, num_classes=4)
+    torch.manual_seed(0)
+    headed = build_generator(**kwargs, conv_head=8)
+    plain = build_generator(**kwargs)
+    plain.load_state_dict({k: v for k, v in headed.state_dict().items() if not k.startswith("head.")})
+    noise, style = torch.randn(2, 1, 8, 8), headed.random_style(2)
+    labels, alpha = torch.tensor([0, 3]), torch.tensor([1.0, 2.0])
+    torch.testing.assert_close(headed(noise, labels, alpha, style), plain(noise, labels, alpha, style))
+    assert headed.config["conv_head"] == 8 and sum(p.numel() for p in headed.head.parameters()) == 8 * 9 + 8 + 8 * 9 + 1
+    torch.nn.init.normal_(headed.head[-1].weight)  # as training moves it away from zero
+    image = torch.zeros(1, 1, 8, 8)
+    image[..., 3, 3] = 1.0  # the last pixel of one 2x2 token; (3, 4) belongs to the next token
+    assert headed.head(image)[..., 3, 4].abs().item() > 0
+    headed.save_pretrained(tmp_path)
+    loaded = type(headed).from_pretrained(tmp_path)
+    assert torch.equal(loaded(noise, labels, alpha, style), headed.eval()(noise, labels, alpha, style))
