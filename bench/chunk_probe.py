@@ -46,8 +46,9 @@ def main() -> None:
     spec = load_task(task)
     demos = spec.make_dataset()
     print_demo_reference(demos, args.pos_key, policy.n_obs_steps, policy.horizon, shown)
-    executed_end = policy.n_obs_steps + policy.n_action_steps - 2
-    windows = DemoWindows(demos, sorted(policy.obs_meta), args.pos_key, policy.n_obs_steps, policy.horizon, executed_end)
+    if args.neighbours:
+        executed_end = policy.n_obs_steps + policy.n_action_steps - 2
+        windows = DemoWindows(demos, sorted(policy.obs_meta), args.pos_key, policy.n_obs_steps, policy.horizon, executed_end)
     env = MultiStepWrapper(spec.make_env(), task["n_obs_steps"], task["n_action_steps"], task["max_steps"])
     obs, _ = env.reset(seed=args.seed)
     acting, probing = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(0)
@@ -76,20 +77,16 @@ class DemoWindows:
 
     def __init__(self, demos: ReplayBuffer, keys: list[str], pos_key: str, n_obs_steps: int, horizon: int,
                  executed_end: int) -> None:
-        self.keys, self.pos_key, self.n_obs_steps = keys, pos_key, n_obs_steps
+        self.keys, self.n_obs_steps = keys, n_obs_steps
         flat = {k: demos.data[k].reshape(len(demos.data[k]), -1).astype(np.float64) for k in keys}
         self.mean = {k: v.mean(0) for k, v in flat.items()}
         # per feature: its std times sqrt(the key's features), so each key adds its mean squared z-score to a distance
         self.std = {k: (v.std(0) + 1e-6) * np.sqrt(v.shape[1] * n_obs_steps) for k, v in flat.items()}
-        features, leads = [], []
-        for i in range(demos.n_episodes):
-            episode = demos.episode_slice(i)
-            for first in range(episode.start, episode.stop - horizon + 1):
-                features.append(np.concatenate([((flat[k][first:first + n_obs_steps] - self.mean[k]) / self.std[k]).ravel()
-                                                for k in keys]))  # key-major
-                latest = demos.data[pos_key][first + n_obs_steps - 1]
-                leads.append(demos.data["action"][first + executed_end] - latest)
-        self.features, self.leads = np.array(features), np.array(leads)
+        first = window_starts(demos, horizon)
+        history = first[:, None] + np.arange(n_obs_steps)  # [windows, To]
+        self.features = np.concatenate([((flat[k][history] - self.mean[k]) / self.std[k]).reshape(len(first), -1)
+                                        for k in keys], axis=1)  # key-major
+        self.leads = demos.data["action"][first + executed_end] - demos.data[pos_key][first + n_obs_steps - 1]
 
     def describe(self, obs: dict[str, np.ndarray], k: int) -> str:
         """One line on the k windows nearest to `obs` ({key: [To, ...]}): distance (RMS z-score over keys), lead lengths, agreement."""
@@ -111,18 +108,20 @@ class DemoWindows:
                 f"their mean lead {np.linalg.norm(leads.mean(0)):.0f} px")
 
 
+def window_starts(demos: ReplayBuffer, horizon: int) -> np.ndarray:
+    """The first step of every demo window of `horizon` steps that stays inside its episode."""
+    return np.concatenate([np.arange(demos.episode_slice(i).start, demos.episode_slice(i).stop - horizon + 1)
+                           for i in range(demos.n_episodes)])
+
+
 def print_demo_reference(demos: ReplayBuffer, pos_key: str, n_obs_steps: int, horizon: int, shown: list[int]) -> None:
     """For every demo window (history of n_obs_steps, then a chunk of horizon actions from the history's first step):
     the median distance of each shown chunk step from the latest position, per bin of motion over the history."""
     pos, actions = demos.data[pos_key], demos.data["action"]
-    moved, leads = [], []
-    for i in range(demos.n_episodes):
-        episode = demos.episode_slice(i)
-        for first in range(episode.start, episode.stop - horizon + 1):
-            latest = pos[first + n_obs_steps - 1]
-            moved.append(np.linalg.norm(latest - pos[first]))
-            leads.append(np.linalg.norm(actions[first:first + horizon][shown] - latest, axis=-1))
-    moved, leads = np.array(moved), np.array(leads)
+    first = window_starts(demos, horizon)
+    latest = pos[first + n_obs_steps - 1]
+    moved = np.linalg.norm(latest - pos[first], axis=-1)
+    leads = np.linalg.norm(actions[first[:, None] + np.asarray(shown)] - latest[:, None], axis=-1)  # [windows, shown]
     print(f"demos ({len(moved):,} windows): median distance from the agent per shown step, by motion over the history")
     for low, high in [(0, 2), (2, 5), (5, 10), (10, 20), (20, np.inf)]:
         rows = (moved >= low) & (moved < high)
